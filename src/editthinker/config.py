@@ -72,10 +72,12 @@ class FilterConfig(_Strict):
     # The method's rule max(S_t, t>1) >= S_1 says nothing of a trajectory with one edit. We keep those
     # whose first edit the expert accepted: they teach the thinker when to stop.
     keep_accepted_single_turn: bool = True
+    single_turn_min_overall: float = Field(8.0, ge=0, le=10)  # ... and whose edit the judge scores this well
 
 
 class SplitConfig(_Strict):
-    rl_variance_threshold: float = Field(4.0, ge=0)  # Var(S_t) above this -> RL
+    rl_variance_threshold: float = Field(4.0, ge=0)  # Var(S_t) above this makes a trajectory an RL candidate
+    rl_max_fraction: float = Field(0.3, ge=0, le=1)  # at most this share of trajectories goes to RL (method: 10K/70K)
     balance_max_group_ratio: float = Field(3.0, ge=1)  # cap each (op, score band) group at ratio x median
     seed: int = 7
 

@@ -1,0 +1,37 @@
+# Every target sets up the environment first (pinned dependencies from requirements.lock, CPU torch).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-12)
+export DVC_NO_ANALYTICS := 1
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test lint bench pipeline clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	rm -f $(VENV)/.installed-* && touch $@
+
+demo: $(STAMP)  ## the whole factory on the embedded default
+	$(VENV)/bin/editthinker run --params params.yaml
+
+test: $(STAMP)  ## the test suite
+	$(PY) -m pytest -n 2 --dist loadgroup -q
+
+lint: $(STAMP)  ## ruff and a type check of src/
+	$(VENV)/bin/ruff check src tests components pipelines bench
+	$(VENV)/bin/ruff format --check src tests components pipelines bench
+	$(VENV)/bin/mypy src
+
+bench: $(STAMP)  ## throughput, training speed, demo wall time and peak memory per stage
+	$(PY) bench/bench.py
+
+pipeline: $(STAMP)  ## compile the KFP pipelines to YAML
+	$(PY) -m pipelines.factory --out build/pipelines
+
+clean:
+	rm -rf data models reports registry build .dvc/tmp

@@ -1,0 +1,1 @@
+"""The evaluate stage as a KFP component."""

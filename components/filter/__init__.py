@@ -1,0 +1,1 @@
+"""The filter stage as a KFP component."""

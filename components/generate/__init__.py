@@ -1,0 +1,1 @@
+"""The generate stage as a KFP component."""

@@ -1,0 +1,1 @@
+"""The rl stage as a KFP component."""

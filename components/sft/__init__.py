@@ -1,0 +1,1 @@
+"""The sft stage as a KFP component."""

@@ -1,0 +1,1 @@
+"""The split stage as a KFP component."""

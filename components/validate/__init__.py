@@ -1,0 +1,1 @@
+"""The validate stage as a KFP component."""

@@ -1,0 +1,38 @@
+"""One small registry per role: params name a backend, these functions build it."""
+
+from __future__ import annotations
+
+from editthinker.backends.synthetic import SyntheticEditor, SyntheticExpert, SyntheticJudge
+from pathlib import Path
+
+from editthinker.config import EditorConfig, ExpertConfig, JudgeConfig, Params, ThinkerModelConfig
+from editthinker.roles import Editor, Judge, Thinker
+
+
+def build_editor(cfg: EditorConfig, image_size: int) -> Editor:
+    if cfg.kind == "synthetic":
+        return SyntheticEditor(cfg.name, cfg.profile, image_size)
+    raise ValueError(f"editors: unknown editor kind {cfg.kind!r}")
+
+
+def build_editors(params: Params) -> dict[str, Editor]:
+    return {e.name: build_editor(e, params.world.image_size) for e in params.editors}
+
+
+def build_expert(cfg: ExpertConfig, seed: int) -> Thinker:
+    if cfg.kind == "synthetic":
+        return SyntheticExpert(cfg.error_rate, seed)
+    raise ValueError(f"expert: unknown expert kind {cfg.kind!r}")
+
+
+def build_judge(cfg: JudgeConfig) -> Judge:
+    if cfg.kind == "synthetic":
+        return SyntheticJudge()
+    raise ValueError(f"judge: unknown judge kind {cfg.kind!r}")
+
+
+def build_thinker(checkpoint: Path, cfg: ThinkerModelConfig) -> Thinker:
+    """The trained thinker in a checkpoint folder (loaded with from_pretrained, safetensors only)."""
+    from editthinker.backends.vlm_thinker import VLMThinker
+
+    return VLMThinker(checkpoint, cfg)

@@ -1,0 +1,213 @@
+"""The `editthinker` command: one sub-command per stage, plus `run` for the whole factory.
+
+A thin driver: each command validates params, calls the stage's `run` and prints where the output went.
+dvc.yaml calls these same commands; the KFP components call the same stage functions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from editthinker.config import ConfigError, Params, load_params
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console(stderr=True)
+
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params.yaml to validate and use")]
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class Layout:
+    """Where each stage's output lives by default (dvc.yaml uses the same paths)."""
+
+    trajectories = Path("data/trajectories")
+    filtered = Path("data/filtered")
+    sft_data = Path("data/steps/sft")
+    rl_data = Path("data/steps/rl")
+    validation = Path("reports/validate")
+    sft_model = Path("models/sft")
+    rl_model = Path("models/rl")
+    evaluation = Path("reports/eval")
+    registry = Path("registry")
+
+
+def _params(path: Path) -> Params:
+    try:
+        return load_params(path)
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _done(name: str, result: Any) -> None:
+    summary = {k: v for k, v in (result or {}).items() if not isinstance(v, dict | list)}
+    console.print(f"[green]{name} done[/green] {json.dumps(summary, default=str)}", highlight=False)
+
+
+def _stage(name: str, fn: Callable[[], Any]) -> Any:
+    try:
+        result = fn()
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        console.print(f"[red]{name} failed:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    _done(name, result)
+    return result
+
+
+@app.command()
+def generate(params: ParamsOpt = DEFAULT_PARAMS, out: Path = Layout.trajectories) -> None:
+    """Generate trajectories: the expert plays the thinker over every editor."""
+    from editthinker.stages import generate as stage
+
+    p = _params(params)
+    _stage("generate", lambda: stage.run(p, out))
+
+
+@app.command("filter")
+def filter_(params: ParamsOpt = DEFAULT_PARAMS, trajectories: Path = Layout.trajectories, out: Path = Layout.filtered) -> None:
+    """Keep trajectories whose later turns beat the first; truncate at the best turn."""
+    from editthinker.stages import filter as stage
+
+    p = _params(params)
+    _stage("filter", lambda: stage.run(p, trajectories, out))
+
+
+@app.command()
+def split(
+    params: ParamsOpt = DEFAULT_PARAMS,
+    filtered: Path = Layout.filtered,
+    sft_out: Path = Layout.sft_data,
+    rl_out: Path = Layout.rl_data,
+) -> None:
+    """Unroll trajectories into step samples, balance them, split SFT / RL."""
+    from editthinker.stages import split as stage
+
+    p = _params(params)
+    _stage("split", lambda: stage.run(p, filtered, sft_out, rl_out))
+
+
+@app.command()
+def validate(
+    params: ParamsOpt = DEFAULT_PARAMS,
+    trajectories: Path = Layout.trajectories,
+    sft: Path = Layout.sft_data,
+    rl: Path = Layout.rl_data,
+    out: Path = Layout.validation,
+) -> None:
+    """Validate trajectories and step samples with great-expectations suites."""
+    from editthinker.stages import validate as stage
+
+    p = _params(params)
+    _stage("validate", lambda: stage.run(p, trajectories, sft, rl, out))
+
+
+@app.command()
+def sft(params: ParamsOpt = DEFAULT_PARAMS, data: Path = Layout.sft_data, out: Path = Layout.sft_model) -> None:
+    """Supervised fine-tuning of the thinker (trl SFTTrainer)."""
+    from editthinker.stages import sft as stage
+
+    p = _params(params)
+    _stage("sft", lambda: stage.run(p, data, out))
+
+
+@app.command()
+def rl(
+    params: ParamsOpt = DEFAULT_PARAMS,
+    data: Path = Layout.rl_data,
+    sft_checkpoint: Path = Layout.sft_model,
+    out: Path = Layout.rl_model,
+) -> None:
+    """GRPO from the SFT checkpoint (trl GRPOTrainer) with the registered rewards."""
+    from editthinker.stages import rl as stage
+
+    p = _params(params)
+    _stage("rl", lambda: stage.run(p, data, sft_checkpoint, out))
+
+
+@app.command()
+def evaluate(
+    params: ParamsOpt = DEFAULT_PARAMS,
+    sft_checkpoint: Path = Layout.sft_model,
+    rl_checkpoint: Path = Layout.rl_model,
+    out: Path = Layout.evaluation,
+) -> None:
+    """Evaluate editor alone / + expert / + SFT thinker / + RL thinker on the held-out benchmark."""
+    from editthinker.stages import evaluate as stage
+
+    p = _params(params)
+    _stage("evaluate", lambda: stage.run(p, sft_checkpoint, rl_checkpoint, out))
+    console.print((out / "summary.md").read_text(), highlight=False)
+
+
+@app.command()
+def promote(
+    params: ParamsOpt = DEFAULT_PARAMS,
+    checkpoint: Path = Layout.rl_model,
+    eval_dir: Path = Layout.evaluation,
+    registry: Annotated[Path | None, typer.Option(help="registry dir (default: params promote.registry)")] = None,
+) -> None:
+    """Register the checkpoint; make it champion only if it beats the champion by the margin."""
+    from editthinker.stages import promote as stage
+
+    p = _params(params)
+    _stage("promote", lambda: stage.run(p, checkpoint, eval_dir, registry or Path(p.promote.registry)))
+
+
+STAGES = ("generate", "filter", "split", "validate", "sft", "rl", "evaluate", "promote")
+
+
+def _run_stage_process(stage: str, params: Path) -> tuple[float, float, int]:
+    """Run one stage as its own process; (wall seconds, peak RSS in MiB, exit code)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "editthinker.cli", stage, "--params", str(params)])
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return time.perf_counter() - t0, usage.ru_maxrss / 1024, proc.returncode
+
+
+@app.command("run")
+def run_all(params: ParamsOpt = DEFAULT_PARAMS, stats: Path = Path("reports/run_stats.json")) -> None:
+    """The whole factory, stage by stage (each its own process, so its peak memory is measured)."""
+    _params(params)  # fail fast on bad params, before any work
+    rows = []
+    for stage in STAGES:
+        console.rule(f"[bold]{stage}")
+        wall, rss, code = _run_stage_process(stage, params)
+        rows.append({"stage": stage, "wall_s": round(wall, 2), "peak_rss_mib": round(rss, 1)})
+        if code != 0:
+            console.print(f"[red]stage {stage} failed (exit {code}); later stages not run[/red]")
+            raise typer.Exit(code)
+    table = Table(title="stage timings")
+    for col in ("stage", "wall s", "peak RSS MiB"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["stage"], f"{r['wall_s']:.1f}", f"{r['peak_rss_mib']:.0f}")
+    total = sum(r["wall_s"] for r in rows)
+    table.add_row("total", f"{total:.1f}", f"{max(r['peak_rss_mib'] for r in rows):.0f}")
+    stats.parent.mkdir(parents=True, exist_ok=True)
+    stats.write_text(json.dumps({"stages": rows, "total_s": round(total, 2)}, indent=2) + "\n")
+    out = Console()
+    out.print(table)
+    out.print((Layout.evaluation / "summary.md").read_text(), highlight=False)
+    out.print(
+        f"reports: {Layout.evaluation}/summary.md, {Layout.evaluation}/summary.json, "
+        f"{Layout.evaluation}/score_by_turn.png, {Layout.validation}/report.md, registry: {Layout.registry}/"
+    )
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,273 @@
+"""A tiny Qwen2.5-VL thinker, built offline: model config, byte-level BPE tokenizer, image processor.
+
+Nothing is downloaded. The tokenizer is trained by the `tokenizers` library on a corpus written from the
+world's own language (instruction templates, indirect colours, critique sentences, score JSON), plus the
+chat and vision special tokens of Qwen2.5-VL. Images are 64x64 scenes resized to 48x48 and cut into 8x8
+patches merged 2x2, so each image is 9 tokens, one per grid cell of the scene.
+
+The checkpoint is a standard `qwen2_5_vl` model and a processor class registered with AutoProcessor, so
+`load_thinker` takes the same from_pretrained path a real model id would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    PreTrainedTokenizerFast,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
+    Qwen2VLImageProcessorPil,
+    set_seed,
+)
+
+from editthinker.config import ThinkerModelConfig
+from editthinker.protocol import format_thinker_answer
+from editthinker.world import language as lang
+from editthinker.world.scene import BACKGROUNDS, COLOURS, POSITIONS, SHAPE_COLOURS, SHAPES, SIZES
+
+MODEL_KIND = "tiny-qwen2.5-vl"
+IMAGE_SIDE = 48  # 64x64 scenes are resized to this: 3x3 merged tokens, one per scene cell
+PATCH, MERGE = 8, 2
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                  "<|image_pad|>", "<|video_pad|>")  # fmt: skip
+TAG_TOKENS = ("<think>", "</think>", "<score>", "</score>", "<answer>", "</answer>")
+
+# Qwen2-VL style: every image is <|vision_start|><|image_pad|><|vision_end|>, the processor expands the pad.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+class ThinkerProcessor(Qwen2_5_VLProcessor):
+    """Qwen2.5-VL's processor without the video processor (which would need torchvision)."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+
+# A string key: registering under Qwen2_5_VLConfig would be silently skipped (it is a transformers class),
+# and would remap real Qwen2.5-VL checkpoints. This only makes the class findable by its saved name.
+AutoProcessor.register("editthinker_tiny_qwen2_5_vl", ThinkerProcessor, exist_ok=True)
+
+
+# -- corpus and tokenizer ------------------------------------------------------------------------------
+def _slot_values() -> dict[str, list[str]]:
+    colours = list(COLOURS) + list(lang.INDIRECT_COLOURS.values())
+    objs = [f"the {c} {s}" for c in SHAPE_COLOURS for s in SHAPES]
+    objs += [f"the {s}" for s in SHAPES] + [f"the {c} shape" for c in SHAPE_COLOURS]
+    objs += [f"the {k} shape" for k in ("leftmost", "rightmost", "topmost", "bottommost", "largest", "smallest")]
+    return {"obj": objs, "colour": colours, "pos": list(POSITIONS), "size": list(SIZES), "shape": list(SHAPES)}
+
+
+def _reasons() -> list[str]:
+    """Sentences in the shape of the expert's critiques (backends.synthetic.describe_gap)."""
+    out = [f"the background is {a}; it should be {b}." for a in BACKGROUNDS for b in BACKGROUNDS if a != b]
+    out += [
+        "the edited image cannot be read as a clean scene.",
+        "the edit is right but the image has speckle artifacts.",
+        "the edit matches the instruction.",
+    ]
+    for p, z, c, s in itertools.product(POSITIONS, SIZES, SHAPE_COLOURS, SHAPES):
+        out.append(f"there is a {c} {s} at the {p} that should not be there.")
+        out.append(f"a {z} {c} {s} is missing at the {p}.")
+        out.append(f"the shape at the {p} is a {z} {c} {s}; it should be a {z} {c} {s}.")
+    return out
+
+
+def build_corpus() -> list[str]:
+    """Deterministic training text for the tokenizer: the world's language and the answer format."""
+    values = _slot_values()
+    lines: list[str] = []
+    for t in lang.TEMPLATES:
+        names = [n for n in ("obj", "colour", "pos", "size", "shape") if "{" + n + "}" in t.text]
+        for combo in itertools.product(*(values[n] for n in names)):
+            lines.append(lang.fill(t, **dict(zip(names, combo, strict=True))))
+    reasons = _reasons()
+    lines += reasons
+    for s, q in itertools.product(range(11), range(11)):
+        lines.append(format_thinker_answer(reasons[(s * 11 + q) % len(reasons)], s, q, lines[(s * 7 + q) % 500]))
+    lines += [prompt_text(a, b) for a, b in zip(lines[:200], lines[200:400], strict=True)]
+    return lines
+
+
+def build_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - len(TAG_TOKENS),
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(build_corpus(), trainer=trainer)
+    # the answer tags are ordinary (non-special) tokens: kept when decoding, but never split
+    tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in TAG_TOKENS])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        additional_special_tokens=list(SPECIAL_TOKENS[1:]),
+        model_max_length=1024,
+        padding_side="left",
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def build_processor(vocab_size: int) -> ThinkerProcessor:
+    image_processor = Qwen2VLImageProcessorPil(
+        min_pixels=IMAGE_SIDE * IMAGE_SIDE,
+        max_pixels=(IMAGE_SIDE + 2) ** 2,  # headroom so smart_resize's float rounding still lands on 48
+        patch_size=PATCH,
+        merge_size=MERGE,
+        temporal_patch_size=2,
+    )
+    return ThinkerProcessor(image_processor=image_processor, tokenizer=build_tokenizer(vocab_size),
+                            chat_template=CHAT_TEMPLATE)  # fmt: skip
+
+
+def prompt_text(original_instruction: str, previous_instruction: str) -> str:
+    return f"original: {original_instruction}\nprevious: {previous_instruction}"
+
+
+def thinker_messages(original_instruction: str, previous_instruction: str) -> list[dict]:
+    """The thinker's prompt, shared by training and inference: the two images (I_src, I_edit^{t-1}), then text.
+
+    Image parts are placeholders; the images travel separately (trl's `images` column, or the processor call).
+    """
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image"},
+                {"type": "image"},
+                {"type": "text", "text": prompt_text(original_instruction, previous_instruction)},
+            ],
+        }
+    ]
+
+
+def decode_image(png: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(png)) as im:
+        return im.convert("RGB")
+
+
+def prompt_row(sample: dict[str, Any]) -> dict[str, Any]:
+    """A step sample as trl wants a prompt: conversational `prompt` plus `images` (source, previous edit)."""
+    return {
+        "prompt": thinker_messages(sample["original_instruction"], sample["previous_instruction"]),
+        "images": [decode_image(sample["source_png"]), decode_image(sample["previous_png"])],
+    }
+
+
+# -- model ---------------------------------------------------------------------------------------------
+def _mrope_section(head_dim: int) -> list[int]:
+    half = head_dim // 2  # the sections must sum to head_dim / 2
+    t = half // 4
+    h = (half - t) // 2
+    return [t, h, half - t - h]
+
+
+def model_config(cfg: ThinkerModelConfig, tokenizer: PreTrainedTokenizerFast) -> Qwen2_5_VLConfig:
+    if cfg.hidden_size % cfg.num_heads or (cfg.hidden_size // cfg.num_heads) % 2:
+        raise ValueError("thinker.hidden_size must be a multiple of 2 * thinker.num_heads")
+    if len(tokenizer) > cfg.vocab_size:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens, more than thinker.vocab_size={cfg.vocab_size}")
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    vision_hidden = max(32, cfg.hidden_size // 2)
+    return Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": cfg.vocab_size,
+            "hidden_size": cfg.hidden_size,
+            "intermediate_size": cfg.hidden_size * 3,
+            "num_hidden_layers": cfg.num_layers,
+            "num_attention_heads": cfg.num_heads,
+            "num_key_value_heads": cfg.num_heads,
+            "max_position_embeddings": 1024,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "mrope_section": _mrope_section(cfg.hidden_size // cfg.num_heads),
+            },
+            "bos_token_id": None,
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+        },
+        vision_config={
+            "depth": 1,
+            "hidden_size": vision_hidden,
+            "intermediate_size": vision_hidden * 2,
+            "num_heads": 2,
+            "patch_size": PATCH,
+            "spatial_merge_size": MERGE,
+            "temporal_patch_size": 2,
+            "window_size": IMAGE_SIDE,  # one window per image
+            "out_hidden_size": cfg.hidden_size,
+            "fullatt_block_indexes": [0],
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True,
+    )
+
+
+def build_thinker(cfg: ThinkerModelConfig, seed: int) -> tuple[Qwen2_5_VLForConditionalGeneration, ThinkerProcessor]:
+    """A freshly initialised thinker and its processor; same config and seed give identical weights and files."""
+    processor = build_processor(cfg.vocab_size)
+    config = model_config(cfg, processor.tokenizer)
+    set_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32)
+    gen = model.generation_config
+    gen.eos_token_id = config.text_config.eos_token_id
+    gen.pad_token_id = config.text_config.pad_token_id
+    gen.bos_token_id = None
+    gen.do_sample = False
+    gen.max_new_tokens = cfg.max_new_tokens
+    model.eval()
+    return model, processor
+
+
+def save_thinker(model, processor, path: Path) -> None:
+    """Write model (safetensors), processor and tokenizer files into `path`."""
+    path = Path(path)
+    model.save_pretrained(path, safe_serialization=True)
+    processor.save_pretrained(path)
+    (path / "thinker.json").write_text(json.dumps({"kind": MODEL_KIND}, indent=2, sort_keys=True) + "\n")
+
+
+def checkpoint_id(path: Path) -> str:
+    """`tiny-qwen2.5-vl@<sha256 prefix of the weights>`: names the exact checkpoint."""
+    h = hashlib.sha256((Path(path) / "model.safetensors").read_bytes()).hexdigest()
+    return f"{MODEL_KIND}@{h[:12]}"
+
+
+def load_thinker(path: Path) -> tuple[Qwen2_5_VLForConditionalGeneration, ThinkerProcessor]:
+    path = Path(path)
+    model = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=False, dtype=torch.float32)
+    processor = AutoProcessor.from_pretrained(path, trust_remote_code=False)
+    if not hasattr(processor, "image_processor"):
+        raise TypeError(f"{path}: AutoProcessor gave {type(processor).__name__}, not the thinker's processor")
+    model.eval()
+    return model, processor

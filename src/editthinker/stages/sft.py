@@ -1,0 +1,118 @@
+"""SFT stage: teach a fresh tiny thinker the expert's step-wise answers (trl SFTTrainer, CPU).
+
+Each step sample is a prompt (I_src, I_edit^{t-1}, T_s, T_{t-1}) and a completion, the expert's full
+answer `target_text`; the loss is on the completion only.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset, Image, List
+from transformers import TrainerCallback
+from trl import SFTConfig, SFTTrainer
+
+from editthinker.config import Params
+from editthinker.lineage import LINEAGE_FILE, make_lineage
+from editthinker.models.tiny_vlm import build_thinker, checkpoint_id, save_thinker, thinker_messages
+from editthinker.records import iter_rows
+from editthinker.storage import atomic_dir, write_json
+
+METRICS_FILE = "metrics.json"
+
+
+def thinker_dataset(samples: list[dict[str, Any]], completion: bool, keep: tuple[str, ...] = ()) -> Dataset:
+    """Step samples as a trl dataset: `prompt`, `images` (PNG, decoded lazily), `completion` and `keep` columns."""
+    rows = []
+    for s in samples:
+        row = {
+            "prompt": thinker_messages(s["original_instruction"], s["previous_instruction"]),
+            "images": [{"bytes": s["source_png"], "path": None}, {"bytes": s["previous_png"], "path": None}],
+            **{k: s[k] for k in keep},
+        }
+        if completion:
+            row["completion"] = [{"role": "assistant", "content": s["target_text"]}]
+        rows.append(row)
+    if not rows:
+        raise ValueError("no step samples to train on")
+    return Dataset.from_list(rows).cast_column("images", List(Image()))
+
+
+class LogHistory(TrainerCallback):
+    """Keeps every logged value per step (the trainer's own history drops nothing, but is per-log-call)."""
+
+    def __init__(self) -> None:
+        self.logs: list[dict[str, float]] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs:
+            self.logs.append({"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, int | float)}})
+
+
+def series(logs: list[dict[str, float]], key: str) -> list[float]:
+    return [float(r[key]) for r in logs if key in r]
+
+
+def save_checkpoint(out_dir: Path, model, processor, stage: str, params: Params, sections: tuple[str, ...],
+                    inputs: dict[str, Path], metrics: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """Write the checkpoint, lineage.json and metrics.json into `out_dir` atomically."""
+    with atomic_dir(out_dir) as tmp:
+        save_thinker(model, processor, tmp)
+        metrics = {**metrics, "model_id": checkpoint_id(tmp)}
+        write_json(tmp / LINEAGE_FILE, make_lineage(stage, params, sections, inputs, {"thinker": metrics["model_id"]}))
+        write_json(tmp / METRICS_FILE, metrics)
+    return metrics
+
+
+def run(params: Params, sft_data: Path, out_dir: Path) -> dict[str, Any]:
+    cfg = params.sft
+    samples = list(iter_rows(Path(sft_data)))
+    dataset = thinker_dataset(samples, completion=True)
+    model, processor = build_thinker(params.thinker, seed=cfg.seed)
+    model.train()
+    history = LogHistory()
+    with tempfile.TemporaryDirectory(prefix="sft-") as work:
+        args = SFTConfig(
+            output_dir=work,
+            max_steps=cfg.max_steps,
+            per_device_train_batch_size=cfg.batch_size,
+            learning_rate=cfg.learning_rate,
+            lr_scheduler_type="cosine",
+            warmup_steps=cfg.warmup_ratio,
+            weight_decay=cfg.weight_decay,
+            seed=cfg.seed,
+            data_seed=cfg.seed,
+            completion_only_loss=True,
+            max_length=None,
+            gradient_checkpointing=False,
+            use_cpu=True,
+            bf16=False,
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+        )
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
+                             callbacks=[history])  # fmt: skip
+        t0 = time.perf_counter()
+        result = trainer.train()
+        wall = time.perf_counter() - t0
+    losses = series(history.logs, "loss")
+    metrics = {
+        "stage": "sft",
+        "samples": len(samples),
+        "steps": int(result.global_step),
+        "train_loss_first": losses[0] if losses else None,
+        "train_loss_last": losses[-1] if losses else None,
+        "train_loss_mean": float(result.training_loss),
+        "loss_curve": losses,
+        "steps_per_second": result.global_step / wall if wall > 0 else None,
+        "wall_seconds": wall,
+    }
+    model.eval()
+    return save_checkpoint(Path(out_dir), trainer.model, processor, "sft", params, ("thinker", "sft"),
+                           {"sft_data": Path(sft_data)}, metrics)  # fmt: skip

@@ -1,0 +1,245 @@
+"""The validate stage: great-expectations suites over trajectories and step samples, failures named by row id."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from editthinker.config import Params
+from editthinker.protocol import format_thinker_answer
+from editthinker.records import STEP_SAMPLE_SCHEMA, TRAJECTORY_SCHEMA, write_dataset
+from editthinker.stages import validate
+from editthinker.world.scene import render_png
+from editthinker.world.tasks import make_task
+
+SIZE = 64
+PARAMS = Params()  # world.image_size 64, editors painter + mover
+EDITORS = [e.name for e in PARAMS.editors]
+
+
+def _task(i: int):
+    return make_task(4321, i, 2, 4, PARAMS.world.styles)
+
+
+def trajectory_rows(n_tasks: int = 3, turns: int = 2) -> list[dict[str, Any]]:
+    rows = []
+    for i in range(n_tasks):
+        task = _task(i)
+        src, tgt = render_png(task.source, SIZE), render_png(task.target, SIZE)
+        for turn in range(1, turns + 1):
+            sem, qual = 4.0 + 2 * turn, 9.0
+            rows.append(
+                {
+                    "trajectory_id": f"traj-{i}",
+                    "task_id": task.task_id,
+                    "editor": EDITORS[i % len(EDITORS)],
+                    "op": task.op.op,
+                    "style": task.style,
+                    "seed": 4321,
+                    "source_scene": task.source.to_json(),
+                    "target_scene": task.target.to_json(),
+                    "source_png": src,
+                    "original_instruction": task.instruction,
+                    "turn": turn,
+                    "instruction": task.instruction if turn == 1 else f"{task.instruction} (refined {turn})",
+                    "image_png": tgt if turn == turns else src,
+                    "semantic": sem,
+                    "quality": qual,
+                    "overall": math.sqrt(sem * qual),
+                    "has_critique": True,
+                    "critique_raw": "{}",
+                    "critique_reason": "looks off",
+                    "critique_satisfied": turn == turns,
+                    "next_instruction": "" if turn == turns else "refined",
+                    "stop_reason": "satisfied" if turn == turns else "",
+                }
+            )
+    return rows
+
+
+def step_rows(split: str, n: int = 4) -> list[dict[str, Any]]:
+    rows = []
+    for i in range(n):
+        task = _task(100 + i)
+        src = render_png(task.source, SIZE)
+        rows.append(
+            {
+                "sample_id": f"{split}-{i}",
+                "trajectory_id": f"traj-{100 + i}",
+                "task_id": task.task_id,
+                "editor": EDITORS[i % len(EDITORS)],
+                "op": task.op.op,
+                "style": task.style,
+                "seed": 4321,
+                "step": 2,
+                "source_scene": task.source.to_json(),
+                "target_scene": task.target.to_json(),
+                "source_png": src,
+                "previous_png": src,
+                "original_instruction": task.instruction,
+                "previous_instruction": task.instruction,
+                "target_reason": "the edit is missing",
+                "target_semantic": 2.0,
+                "target_quality": 9.0,
+                "target_answer": f"{task.instruction} now",
+                "target_text": format_thinker_answer("the edit is missing", 2.0, 9.0, f"{task.instruction} now"),
+                "trajectory_score_var": 5.0,
+                "split": split,
+            }
+        )
+    return rows
+
+
+def _write_all(root: Path, traj: list | None = None, sft: list | None = None, rl: list | None = None) -> dict[str, Path]:
+    paths = {k: root / k for k in ("trajectories", "sft", "rl")}
+    write_dataset(paths["trajectories"], traj or trajectory_rows(), TRAJECTORY_SCHEMA, rows_per_shard=4)
+    write_dataset(paths["sft"], sft or step_rows("sft"), STEP_SAMPLE_SCHEMA, rows_per_shard=3)
+    write_dataset(paths["rl"], rl or step_rows("rl"), STEP_SAMPLE_SCHEMA, rows_per_shard=3)
+    return paths
+
+
+def _run(root: Path, paths: dict[str, Path]) -> dict:
+    return validate.run(PARAMS, paths["trajectories"], paths["sft"], paths["rl"], root / "report")
+
+
+def _report(root: Path) -> dict:
+    return json.loads((root / "report" / "report.json").read_text())
+
+
+def _failures(report: dict, dataset: str) -> list[dict]:
+    return report["datasets"][dataset]["failures"]
+
+
+def _digests(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def valid(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("valid")
+    return root, _run(root, _write_all(root))
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One run over datasets with several independent defects, each in its own row."""
+    root = tmp_path_factory.mktemp("broken")
+    traj = trajectory_rows(n_tasks=4)  # rows: traj-i turn 1, traj-i turn 2
+    traj[3]["image_png"] = traj[3]["image_png"][:40] + b"garbage" * 5  # traj-1 turn 2: corrupt PNG
+    traj[0]["quality"] = 12.0  # traj-0 turn 1: out of range (overall kept consistent and in range)
+    traj[0]["overall"] = math.sqrt(traj[0]["semantic"] * 12.0)
+    traj[5]["overall"] += 0.01  # traj-2 turn 2: overall != sqrt(SC * PQ)
+    traj[1]["editor"] = "picasso"  # traj-0 turn 2: not a configured editor
+    traj[6]["turn"] = 2  # traj-3: turn 2 twice
+    sft = step_rows("sft")
+    sft[1]["previous_png"] = render_png(_task(101).source, 48)  # wrong size
+    sft[0]["split"] = "rl"
+    sft[3]["sample_id"] = sft[2]["sample_id"]
+    rl = step_rows("rl")
+    rl[2]["target_text"] = "<think>hm</think><answer>no score</answer>"
+    paths = _write_all(root, traj=traj, sft=sft, rl=rl)
+    before = _digests(root)
+    with pytest.raises(validate.ValidationFailed) as info:
+        _run(root, paths)
+    after = {k: v for k, v in _digests(root).items() if not k.startswith("report")}
+    return {"root": root, "message": str(info.value), "report": _report(root), "before": before, "after": after}
+
+
+def _by_column(report: dict, dataset: str) -> dict[str, dict]:
+    return {str(f["column"]): f for f in _failures(report, dataset)}
+
+
+def test_valid_data_passes(valid: tuple[Path, dict]) -> None:
+    root, result = valid
+    report = _report(root)
+    assert result["success"] is True and report["success"] is True
+    for name, rows in (("trajectories", 6), ("sft", 4), ("rl", 4)):
+        ds = report["datasets"][name]
+        assert ds["success"] is True, ds["failures"]
+        assert ds["rows"] == rows
+        assert ds["counts"]["failed"] == 0 and ds["counts"]["expectations"] > 10
+    assert report["lineage"]["stage"] == "validate"
+    assert set(report["lineage"]["inputs"]) == {"trajectories", "sft", "rl"}
+    assert "PASS" in (root / "report" / "report.md").read_text()
+
+
+def test_failed_validation_still_writes_report(broken: dict[str, Any]) -> None:
+    report = broken["report"]
+    assert report["success"] is False
+    assert {n: d["success"] for n, d in report["datasets"].items()} == {"trajectories": False, "sft": False, "rl": False}
+    assert report["lineage"]["stage"] == "validate"
+    assert "FAIL" in (broken["root"] / "report" / "report.md").read_text()
+
+
+def test_inputs_untouched(broken: dict[str, Any]) -> None:
+    assert len(broken["before"]) == 3 * 2 + 6  # manifests + shards were all hashed
+    assert broken["after"] == broken["before"]
+
+
+def test_corrupt_image_names_row(broken: dict[str, Any]) -> None:
+    fail = _by_column(broken["report"], "trajectories")["image_png_ok"]
+    assert fail["expectation"] == "expect_column_values_to_be_in_set"
+    assert fail["rows"] == [{"trajectory_id": "traj-1", "turn": 2}]
+    assert "trajectories: expect_column_values_to_be_in_set(image_png_ok)" in broken["message"]
+    assert "(trajectory_id=traj-1, turn=2)" in broken["message"]
+
+
+def test_out_of_range_score_names_column(broken: dict[str, Any]) -> None:
+    by_col = _by_column(broken["report"], "trajectories")
+    assert by_col["quality"]["expectation"] == "expect_column_values_to_be_between"
+    assert by_col["quality"]["rows"] == [{"trajectory_id": "traj-0", "turn": 1}]
+    assert "semantic" not in by_col and "overall" not in by_col
+    assert "expect_column_values_to_be_between(quality)" in broken["message"]
+
+
+def test_overall_mismatch_editor_and_duplicate_turn(broken: dict[str, Any]) -> None:
+    by_col = _by_column(broken["report"], "trajectories")
+    assert by_col["overall_error"]["rows"] == [{"trajectory_id": "traj-2", "turn": 2}]
+    assert by_col["editor"]["rows"] == [{"trajectory_id": "traj-0", "turn": 2}]
+    assert by_col["['trajectory_id', 'turn']"]["rows"] == [{"trajectory_id": "traj-3", "turn": 2}] * 2
+    assert set(by_col) == {"image_png_ok", "quality", "overall_error", "editor", "['trajectory_id', 'turn']"}
+
+
+def test_step_sample_failures(broken: dict[str, Any]) -> None:
+    by_col = _by_column(broken["report"], "sft")
+    assert by_col["previous_png_ok"]["rows"] == [{"sample_id": "sft-1"}]
+    assert by_col["split"]["rows"] == [{"sample_id": "sft-0"}]
+    assert by_col["sample_id"]["expectation"] == "expect_column_values_to_be_unique"
+    assert by_col["sample_id"]["rows"] == [{"sample_id": "sft-2"}] * 2
+    assert set(by_col) == {"previous_png_ok", "split", "sample_id"}
+
+
+def test_unparsable_target_text_names_sample(broken: dict[str, Any]) -> None:
+    (fail,) = _failures(broken["report"], "rl")
+    assert fail["column"] == "target_text_ok"
+    assert fail["rows"] == [{"sample_id": "rl-2"}]
+    assert "rl: expect_column_values_to_be_in_set(target_text_ok)" in broken["message"]
+    assert "(sample_id=rl-2)" in broken["message"]
+
+
+def test_missing_dataset_still_reports(tmp_path: Path) -> None:
+    paths = _write_all(tmp_path)
+    paths["rl"] = tmp_path / "nope"
+    with pytest.raises(validate.ValidationFailed, match="rl: unreadable"):
+        _run(tmp_path, paths)
+    report = _report(tmp_path)
+    assert report["datasets"]["rl"]["success"] is False
+    assert report["datasets"]["trajectories"]["success"] is True
+
+
+def test_import_is_cheap() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, editthinker.stages.validate; print('great_expectations' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
