@@ -17,9 +17,6 @@ import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from kfp import compiler, dsl, local
-from kfp.dsl import Artifact, Dataset, Metrics, Model
-
 from components.evaluate.component import evaluate
 from components.filter.component import filter as filter_
 from components.generate.component import generate
@@ -28,6 +25,9 @@ from components.rl.component import rl
 from components.sft.component import sft
 from components.split.component import split
 from components.validate.component import validate
+from kfp import compiler, dsl, local
+from kfp.dsl import Artifact, Dataset, Metrics, Model
+
 from editthinker.config import Params
 
 
@@ -174,3 +174,17 @@ def run_local(
         warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
         task = PIPELINES[pipeline](**args)
     return {name: artifact.path for name, artifact in task.outputs.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Compile the KFP pipelines to YAML.")
+    parser.add_argument("--out", type=Path, default=Path("build/pipelines"), help="output folder")
+    args = parser.parse_args(argv)
+    for name in PIPELINES:
+        print(compile_pipeline(args.out / f"editthinker-{name}.yaml", name))
+
+
+if __name__ == "__main__":
+    main()

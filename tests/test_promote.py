@@ -138,7 +138,7 @@ def test_concurrent_promotions_get_distinct_versions(tmp_path: Path, reg: Path) 
     def go(i: int) -> None:
         try:
             promote.run(params(), ckpts[i], evals[i], reg)
-        except BaseException as exc:  # noqa: BLE001 - surfaced below
+        except BaseException as exc:  # surfaced below
             errors.append(exc)
 
     threads = [threading.Thread(target=go, args=(i,)) for i in range(6)]

@@ -10,13 +10,22 @@ from editthinker.protocol import (
     same_instruction,
 )
 
-GOOD = '<think>the circle is still blue.</think><score>{"semantic": 3, "quality": 9}</score><answer>recolor the blue circle to red</answer>'
+GOOD = (
+    "<think>the circle is still blue.</think>"
+    '<score>{"semantic": 3, "quality": 9}</score>'
+    "<answer>recolor the blue circle to red</answer>"
+)
 
 
 def test_well_formed_answer_parses_every_field():
     v = parse_thinker_answer(GOOD)
     assert v.format_ok
-    assert (v.reason, v.semantic, v.quality, v.answer) == ("the circle is still blue.", 3.0, 9.0, "recolor the blue circle to red")
+    assert (v.reason, v.semantic, v.quality, v.answer) == (
+        "the circle is still blue.",
+        3.0,
+        9.0,
+        "recolor the blue circle to red",
+    )
     assert not v.satisfied
 
 
@@ -36,7 +45,7 @@ def test_round_trip_and_stop_threshold():
         ('<think>a</think><score>{"semantic": 3}</score><answer>x</answer>', "'quality' is missing"),
         ('<think>a</think><score>{"semantic": 11, "quality": 9}</score><answer>x</answer>', "outside 0-10"),
         ('<think>a</think><score>{"semantic": "3", "quality": 9}</score><answer>x</answer>', "not a number"),
-        ('<think>a</think><score>[3, 9]</score><answer>x</answer>', "not a JSON object"),
+        ("<think>a</think><score>[3, 9]</score><answer>x</answer>", "not a JSON object"),
         ('<think>a</think><score>{"semantic": 3, "quality": 9}</score><answer>  </answer>', "empty answer"),
         ("Sure! " + GOOD, "outside them"),
         (GOOD + " hope this helps", "outside them"),

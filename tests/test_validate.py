@@ -95,7 +95,9 @@ def step_rows(split: str, n: int = 4) -> list[dict[str, Any]]:
     return rows
 
 
-def _write_all(root: Path, traj: list | None = None, sft: list | None = None, rl: list | None = None) -> dict[str, Path]:
+def _write_all(
+    root: Path, traj: list | None = None, sft: list | None = None, rl: list | None = None
+) -> dict[str, Path]:
     paths = {k: root / k for k in ("trajectories", "sft", "rl")}
     write_dataset(paths["trajectories"], traj or trajectory_rows(), TRAJECTORY_SCHEMA, rows_per_shard=4)
     write_dataset(paths["sft"], sft or step_rows("sft"), STEP_SAMPLE_SCHEMA, rows_per_shard=3)
@@ -175,13 +177,17 @@ def test_valid_data_passes(valid: tuple[Path, dict]) -> None:
 def test_failed_validation_still_writes_report(broken: dict[str, Any]) -> None:
     report = broken["report"]
     assert report["success"] is False
-    assert {n: d["success"] for n, d in report["datasets"].items()} == {"trajectories": False, "sft": False, "rl": False}
+    assert {n: d["success"] for n, d in report["datasets"].items()} == {
+        "trajectories": False,
+        "sft": False,
+        "rl": False,
+    }
     assert report["lineage"]["stage"] == "validate"
     assert "FAIL" in (broken["root"] / "report" / "report.md").read_text()
 
 
 def test_inputs_untouched(broken: dict[str, Any]) -> None:
-    assert len(broken["before"]) == 3 * 2 + 6  # manifests + shards were all hashed
+    assert len(broken["before"]) == 3 + 2 + 2 + 2  # 3 manifests + every shard was hashed
     assert broken["after"] == broken["before"]
 
 

@@ -37,7 +37,9 @@ def test_semantic_partial_credit_and_penalty():
     source = Scene("white", (a, b))
     target = Scene("white", (Shape("circle", "green", "small", "top left"), b))
     wrong_colour = Scene("white", (Shape("circle", "yellow", "small", "top left"), b))
-    collateral = Scene("white", (Shape("circle", "green", "small", "top left"), Shape("square", "red", "small", "center")))
+    collateral = Scene(
+        "white", (Shape("circle", "green", "small", "top left"), Shape("square", "red", "small", "center"))
+    )
     assert semantic_score(source, wrong_colour, target) == 0
     assert semantic_score(source, collateral, target) == 7  # the edit is right but another shape changed
     assert semantic_score(source, target, target) == 10
@@ -96,7 +98,9 @@ def test_expert_accepts_a_perfect_edit_and_rewrites_a_failed_one():
     t = next(t for t in TASKS if t.style == "vague")
     expert = SyntheticExpert(error_rate=0.0)
     src = render_png(t.source, 64)
-    good = expert.think([ThinkRequest(src, render_png(t.target, 64), t.instruction, t.instruction, t.target.to_json())])[0]
+    good = expert.think(
+        [ThinkRequest(src, render_png(t.target, 64), t.instruction, t.instruction, t.target.to_json())]
+    )[0]
     assert good.format_ok and good.satisfied
     bad = expert.think([ThinkRequest(src, src, t.instruction, t.instruction, t.target.to_json())])[0]
     assert bad.format_ok and not bad.satisfied and bad.answer == canonical_instruction(t.op)

@@ -78,7 +78,9 @@ def generate(params: ParamsOpt = DEFAULT_PARAMS, out: Path = Layout.trajectories
 
 
 @app.command("filter")
-def filter_(params: ParamsOpt = DEFAULT_PARAMS, trajectories: Path = Layout.trajectories, out: Path = Layout.filtered) -> None:
+def filter_(
+    params: ParamsOpt = DEFAULT_PARAMS, trajectories: Path = Layout.trajectories, out: Path = Layout.filtered
+) -> None:
     """Keep trajectories whose later turns beat the first; truncate at the best turn."""
     from editthinker.stages import filter as stage
 

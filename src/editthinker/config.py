@@ -136,7 +136,10 @@ class PromoteConfig(_Strict):
 class Params(_Strict):
     world: WorldConfig = WorldConfig()
     editors: list[EditorConfig] = Field(
-        default_factory=lambda: [EditorConfig(name="painter", profile="painter"), EditorConfig(name="mover", profile="mover")]
+        default_factory=lambda: [
+            EditorConfig(name="painter", profile="painter"),
+            EditorConfig(name="mover", profile="mover"),
+        ]
     )
     expert: ExpertConfig = ExpertConfig()
     judge: JudgeConfig = JudgeConfig()

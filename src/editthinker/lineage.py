@@ -15,6 +15,9 @@ from editthinker import __version__
 from editthinker.config import Params
 
 LINEAGE_FILE = "lineage.json"
+# Files that describe an artifact rather than make it up: excluded from its content hash, so the same
+# weights trained twice hash the same although the run's timings differ.
+DESCRIPTIVE_FILES = frozenset({LINEAGE_FILE, "metrics.json"})
 
 
 @cache
@@ -35,7 +38,7 @@ def hash_path(path: Path) -> str:
     if manifest.is_file():
         return str(json.loads(manifest.read_text())["dataset_sha256"])
     h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and p.name != LINEAGE_FILE)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and p.name not in DESCRIPTIVE_FILES)
     for p in files:
         h.update(str(p.relative_to(path) if p != path else p.name).encode())
         h.update(hashlib.sha256(p.read_bytes()).digest())

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from editthinker.protocol import Verdict, same_instruction
-from editthinker.roles import EditRequest, Editor, Judge, JudgeScore, Thinker, ThinkRequest
+from editthinker.roles import Editor, EditRequest, Judge, JudgeScore, Thinker, ThinkRequest
 
 STOP_SATISFIED, STOP_UNCHANGED, STOP_MAX_TURNS = "satisfied", "unchanged", "max_turns"
 
@@ -80,7 +80,9 @@ def run_episodes(
         assert thinker is not None
         verdicts = thinker.think(
             [
-                ThinkRequest(e.start.source_png, e.final.image_png, e.start.instruction, e.final.instruction, e.start.reference)
+                ThinkRequest(
+                    e.start.source_png, e.final.image_png, e.start.instruction, e.final.instruction, e.start.reference
+                )
                 for e in active
             ]
         )

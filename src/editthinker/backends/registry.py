@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from editthinker.backends.synthetic import SyntheticEditor, SyntheticExpert, SyntheticJudge
 from pathlib import Path
 
+from editthinker.backends.synthetic import SyntheticEditor, SyntheticExpert, SyntheticJudge
 from editthinker.config import EditorConfig, ExpertConfig, JudgeConfig, Params, ThinkerModelConfig
 from editthinker.roles import Editor, Judge, Thinker
 

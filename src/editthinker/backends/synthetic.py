@@ -19,7 +19,7 @@ import numpy as np
 from editthinker.protocol import Verdict, format_expert_answer, parse_expert_answer
 from editthinker.roles import EditRequest, JudgeScore, ThinkRequest
 from editthinker.world import language as lang
-from editthinker.world.perception import perceive
+from editthinker.world.perception import perceive_png
 from editthinker.world.scene import BACKGROUNDS, POSITIONS, SHAPE_COLOURS, SIZES, Scene, from_png, render_array, to_png
 from editthinker.world.tasks import EditOp, apply_op, canonical_instruction
 
@@ -122,8 +122,7 @@ class SyntheticEditor:
         rng = np.random.default_rng(
             int.from_bytes(hashlib.sha256(f"{self.name}|{req.seed}|{req.instruction}".encode()).digest()[:8], "big")
         )
-        src = from_png(req.source_png)
-        scene = perceive(src).scene
+        scene = perceive_png(req.source_png).scene
         result = scene
         if scene is not None:
             op = self.understand(req.instruction, scene, rng)
@@ -134,7 +133,7 @@ class SyntheticEditor:
                     result = apply_op(scene, op)
                 except ValueError:
                     result = scene
-        pixels = render_array(result, self.image_size) if result is not None else src.copy()
+        pixels = render_array(result, self.image_size) if result is not None else from_png(req.source_png)
         if rng.random() < self.profile.artifact:
             self._speckle(pixels, rng)
         return to_png(pixels)
@@ -205,8 +204,8 @@ class SyntheticJudge:
         if reference is None:
             raise ValueError("the synthetic judge needs the target scene (reference)")
         target = Scene.from_json(reference)
-        source = perceive(from_png(source_png)).scene
-        seen = perceive(from_png(edited_png))
+        source = perceive_png(source_png).scene
+        seen = perceive_png(edited_png)
         if source is None:
             raise ValueError("the source image could not be read")
         return JudgeScore(semantic_score(source, seen.scene, target), quality_score(seen.artifact_fraction))
@@ -248,8 +247,8 @@ class SyntheticExpert:
         if req.reference is None:
             raise ValueError("the synthetic expert needs the target scene (reference)")
         target = Scene.from_json(req.reference)
-        source = perceive(from_png(req.source_png)).scene
-        seen = perceive(from_png(req.previous_png))
+        source = perceive_png(req.source_png).scene
+        seen = perceive_png(req.previous_png)
         ok = seen.scene == target and seen.artifact_fraction == 0
         u = _unit(self.seed, req.original_instruction, req.previous_instruction, req.reference)
         wrong = u < self.error_rate

@@ -138,7 +138,13 @@ def run(params: Params, sft_checkpoint: Path, rl_checkpoint: Path, out_dir: Path
             f"## Held-out benchmark: {ev.num_tasks} tasks, world seed {ev.seed}, max {ev.max_turns} turns\n\n"
             + markdown_table(systems)
         )
-        write_json(tmp / "metrics.json", {s: {k: m["all"][k] for k in ("success_rate", "overall", "turns")} for s, m in systems.items()})
-        write_json(tmp / "score_by_turn.json", [{"turn": t + 1, **{s: c[t] for s, c in curves.items()}} for t in range(ev.max_turns)])
+        write_json(
+            tmp / "metrics.json",
+            {s: {k: m["all"][k] for k in ("success_rate", "overall", "turns")} for s, m in systems.items()},
+        )
+        write_json(
+            tmp / "score_by_turn.json",
+            [{"turn": t + 1, **{s: c[t] for s, c in curves.items()}} for t in range(ev.max_turns)],
+        )
         plot_by_turn(curves, tmp / "score_by_turn.png")
     return summary

@@ -47,4 +47,6 @@ def run(params: Params, trajectories: Path, out_dir: Path) -> dict[str, Any]:
     rows = list(kept_rows(trajectories, params.filter, counts))
     shards = max(1, len(source["files"]))
     lineage = make_lineage("filter", params, SECTIONS, {"trajectories": trajectories}, source["lineage"]["models"])
-    return write_dataset(out_dir, rows, TRAJECTORY_SCHEMA, max(1, -(-len(rows) // shards)), {"lineage": lineage, **counts})
+    return write_dataset(
+        out_dir, rows, TRAJECTORY_SCHEMA, max(1, -(-len(rows) // shards)), {"lineage": lineage, **counts}
+    )

@@ -68,7 +68,9 @@ def run(params: Params, out_dir: Path) -> dict[str, Any]:
         for k in range(0, len(mine), CHUNK):
             chunk = mine[k : k + CHUNK]
             starts = [
-                EpisodeStart(t.task_id, render_png(t.source, params.world.image_size), t.instruction, i, t.target.to_json())
+                EpisodeStart(
+                    t.task_id, render_png(t.source, params.world.image_size), t.instruction, i, t.target.to_json()
+                )
                 for i, t in chunk
             ]
             episodes = run_episodes(starts, editors[name], expert, judge, g.max_turns)

@@ -43,7 +43,10 @@ def decide(
     if champion is None:
         return False, f"the champion has no stored {metric}; not comparable"
     if not same_benchmark:
-        return False, "the champion was scored on another benchmark (world/editors/judge/evaluate params); not comparable"
+        return (
+            False,
+            "the champion was scored on another benchmark (world/editors/judge/evaluate params); not comparable",
+        )
     if challenger - champion > margin:
         return True, f"{metric} {challenger:.4f} beats the champion's {champion:.4f} by more than {margin}"
     return False, f"{metric} {challenger:.4f} does not beat the champion's {champion:.4f} by more than {margin}"

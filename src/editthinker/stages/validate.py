@@ -296,9 +296,11 @@ def _failure(r: Any, id_cols: list[str]) -> dict[str, Any]:
     kwargs = {k: _jsonable(v) for k, v in cfg.kwargs.items() if k != "batch_id"}
     column = kwargs.get("column", kwargs.get("column_list"))
     res = r.result or {}
-    rows = [{c: _jsonable(ix.get(c)) for c in id_cols} for ix in res.get("unexpected_index_list") or []]
-    if not id_cols:  # no id column survived: GE gives plain indices
-        rows = [{"index": _jsonable(ix)} for ix in res.get("unexpected_index_list") or []]
+    index_list = res.get("unexpected_index_list") or []
+    if id_cols:
+        rows = [{c: _jsonable(ix.get(c)) for c in id_cols} for ix in index_list]
+    else:  # no id column survived: GE gives plain frame indices
+        rows = [{"index": _jsonable(ix)} for ix in index_list]
     counts = res.get("partial_unexpected_counts") or []
     error = None
     info = r.exception_info or {}

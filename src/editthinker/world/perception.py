@@ -6,14 +6,17 @@ Shapes are flat palette colours on a flat palette background; artifacts are off-
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from scipy import ndimage
 
-from editthinker.world.scene import COLOURS, POSITIONS, SIZE_FRACTION, SIZES, Scene, Shape
+from editthinker.world.scene import COLOURS, POSITIONS, SIZE_FRACTION, SIZES, Scene, Shape, from_png
 
 _NAMES = list(COLOURS)
-_PALETTE = np.array([COLOURS[n] for n in _NAMES], dtype=np.int16)  # (K, 3)
+_KEYS = np.array([(r << 16) | (g << 8) | b for r, g, b in (COLOURS[n] for n in _NAMES)], dtype=np.int32)
+_ORDER = np.argsort(_KEYS)
+_SORTED_KEYS = _KEYS[_ORDER]
 
 
 @dataclass(frozen=True)
@@ -24,10 +27,16 @@ class Perceived:
 
 def _label_map(pixels: np.ndarray) -> np.ndarray:
     """Index into the palette for every pixel, -1 for off-palette pixels."""
-    diff = np.abs(pixels[:, :, None, :].astype(np.int16) - _PALETTE[None, None]).sum(-1)
-    idx = diff.argmin(-1)
-    idx[diff.min(-1) > 0] = -1
-    return idx
+    p = pixels.astype(np.int32)
+    keys = (p[..., 0] << 16) | (p[..., 1] << 8) | p[..., 2]
+    pos = np.clip(np.searchsorted(_SORTED_KEYS, keys), 0, len(_SORTED_KEYS) - 1)
+    return np.where(_SORTED_KEYS[pos] == keys, _ORDER[pos], -1)
+
+
+@lru_cache(maxsize=8192)
+def perceive_png(data: bytes) -> Perceived:
+    """perceive() of a PNG; cached, since the loop shows the same source image to every role."""
+    return perceive(from_png(data))
 
 
 def perceive(pixels: np.ndarray) -> Perceived:

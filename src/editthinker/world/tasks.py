@@ -97,7 +97,9 @@ def _random_op(rng: np.random.Generator, scene: Scene) -> EditOp:
         used = {(s.shape, s.colour) for s in scene.shapes}
         pairs = [(sh, c) for sh in SHAPES for c in SHAPE_COLOURS if (sh, c) not in used]
         sh, c = pairs[int(rng.integers(len(pairs)))]
-        return EditOp(op, None, {"size": str(rng.choice(SIZES)), "colour": c, "shape": sh, "pos": str(rng.choice(free))})
+        return EditOp(
+            op, None, {"size": str(rng.choice(SIZES)), "colour": c, "shape": sh, "pos": str(rng.choice(free))}
+        )
     subject = scene.shapes[int(rng.integers(len(scene.shapes)))]
     if op == "recolor":
         used = {(s.shape, s.colour) for s in scene.shapes}
@@ -112,7 +114,9 @@ def _random_op(rng: np.random.Generator, scene: Scene) -> EditOp:
 
 def _phrase(rng: np.random.Generator, op: EditOp, scene: Scene, style: str) -> tuple[str, str]:
     """(style actually used, instruction). Styles that do not fit the op fall back to paraphrase."""
-    by_style = {s: [t for t in lang.TEMPLATES if t.op == op.op and t.style == s] for s in ("canonical", "paraphrase", "vague")}
+    by_style = {
+        s: [t for t in lang.TEMPLATES if t.op == op.op and t.style == s] for s in ("canonical", "paraphrase", "vague")
+    }
     if style == "indirect" and "colour" not in op.values:
         style = "relative" if op.subject is not None else "paraphrase"
     if style == "relative":
@@ -134,7 +138,7 @@ def make_task(seed: int, index: int, min_shapes: int, max_shapes: int, style_wei
     rng = np.random.default_rng([seed, index])
     scene = random_scene(rng, min_shapes, max_shapes)
     op = _random_op(rng, scene)
-    styles = list(style_weights)
+    styles = sorted(style_weights)  # the draw must not depend on the order keys were written in
     p = np.array([style_weights[s] for s in styles], dtype=float)
     style = str(rng.choice(styles, p=p / p.sum()))
     style, text = _phrase(rng, op, scene, style)

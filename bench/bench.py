@@ -1,0 +1,137 @@
+"""`make bench`: prints the factory's speed and memory figures.
+
+1. generation throughput (trajectories/s), in-process;
+2. filter + unroll + validate throughput (step samples/s) on >= 100k synthetic trajectory rows
+   (real generated trajectories replicated under new ids);
+3. the demo (`editthinker run`) in a scratch copy: wall time and peak RSS per stage, SFT and RL steps/s;
+4. a no-op `dvc repro` over the demo's outputs (after `dvc commit` records them).
+Numbers only; no pass/fail. Targets are in README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from editthinker.config import Params, load_params, parse_params  # noqa: E402
+from editthinker.records import TRAJECTORY_SCHEMA, iter_rows, write_dataset  # noqa: E402
+from editthinker.stages import filter as filter_stage  # noqa: E402
+from editthinker.stages import generate, split, validate  # noqa: E402
+
+
+def line(name: str, value: float, unit: str, note: str = "") -> None:
+    print(f"{name:<44} {value:>12.2f} {unit:<14} {note}", flush=True)
+
+
+def bench_generate(work: Path, params: Params, tasks: int) -> Path:
+    p = parse_params(
+        {**params.model_dump(mode="json"), "generate": {**params.generate.model_dump(), "num_tasks": tasks}}
+    )
+    t0 = time.perf_counter()
+    manifest = generate.run(p, work / "gen")
+    dt = time.perf_counter() - t0
+    line(
+        "generate: trajectories/s",
+        tasks / dt,
+        "traj/s",
+        f"({tasks} trajectories, {manifest['rows']} turns, {dt:.1f} s)",
+    )
+    return work / "gen"
+
+
+def bench_data_path(work: Path, params: Params, seed_data: Path, rows_target: int) -> None:
+    base = list(iter_rows(seed_data))
+    copies = -(-rows_target // len(base))
+
+    def replicated():
+        for c in range(copies):
+            for r in base:
+                yield {**r, "trajectory_id": f"{r['trajectory_id']}-c{c:04d}", "task_id": f"{r['task_id']}-c{c:04d}"}
+
+    big = work / "big"
+    manifest = write_dataset(big, replicated(), TRAJECTORY_SCHEMA, 20_000, {"lineage": {"models": {}}})
+    rows = manifest["rows"]
+    t0 = time.perf_counter()
+    filter_stage.run(params, big, work / "filt")
+    t1 = time.perf_counter()
+    parts = split.run(params, work / "filt", work / "sft", work / "rl")
+    t2 = time.perf_counter()
+    validate.run(params, big, work / "sft", work / "rl", work / "report")
+    t3 = time.perf_counter()
+    samples = parts["sft"]["rows"] + parts["rl"]["rows"]
+    note = (
+        f"({rows} trajectory rows -> {samples} step samples; "
+        f"filter {t1 - t0:.1f} s, split {t2 - t1:.1f} s, validate {t3 - t2:.1f} s)"
+    )
+    line("filter+unroll+validate: step samples/s", samples / (t3 - t0), "samples/s", note)
+    line("filter+unroll+validate: trajectory rows/s", rows / (t3 - t0), "rows/s")
+
+
+def bench_demo(work: Path, params_path: Path) -> Path:
+    demo = work / "demo"
+    demo.mkdir()
+    for item in ("src", "dvc.yaml", ".gitignore"):
+        src = ROOT / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, demo / item)
+    shutil.copy(params_path, demo / "params.yaml")
+    exe = Path(sys.executable).parent / "editthinker"
+    t0 = time.perf_counter()
+    subprocess.run([str(exe), "run", "--params", "params.yaml"], cwd=demo, check=True, stdout=subprocess.DEVNULL)
+    line("demo (editthinker run): wall time", time.perf_counter() - t0, "s", "(warm: environment already installed)")
+    stats = json.loads((demo / "reports/run_stats.json").read_text())
+    for s in stats["stages"]:
+        line(f"  {s['stage']}: wall / peak RSS", s["wall_s"], "s", f"{s['peak_rss_mib']:.0f} MiB")
+    line("demo: peak RSS of any stage", max(s["peak_rss_mib"] for s in stats["stages"]), "MiB")
+    for stage in ("sft", "rl"):
+        m = json.loads((demo / f"models/{stage}/metrics.json").read_text())
+        line(f"{stage}: optimizer steps/s", m["steps_per_second"], "steps/s", f"({m.get('steps')} steps)")
+    return demo
+
+
+def bench_dvc_noop(demo: Path) -> None:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+    def sh(*cmd: str) -> None:
+        subprocess.run(cmd, cwd=demo, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    sh("git", "init", "-q")
+    sh("dvc", "init", "-q")
+    sh("dvc", "commit", "-f", "-q")  # record the demo's outputs in dvc.lock without re-running
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        out = subprocess.run(["dvc", "repro"], cwd=demo, check=True, env=env, capture_output=True, text=True).stdout
+        best = min(best, time.perf_counter() - t0)
+    ran = [ln for ln in out.splitlines() if ln.startswith("Running stage")]
+    line("no-op dvc repro (best of 3)", best, "s", f"(stages re-run: {len(ran)})")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    ap.add_argument("--gen-tasks", type=int, default=200)
+    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--skip-demo", action="store_true")
+    args = ap.parse_args()
+    params = load_params(args.params)
+    with tempfile.TemporaryDirectory(prefix="editthinker-bench-") as tmp:
+        work = Path(tmp)
+        seed_data = bench_generate(work, params, args.gen_tasks)
+        bench_data_path(work, params, seed_data, args.rows)
+        if not args.skip_demo:
+            demo = bench_demo(work, args.params)
+            bench_dvc_noop(demo)
+
+
+if __name__ == "__main__":
+    main()
