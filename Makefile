@@ -10,10 +10,13 @@ export TOKENIZERS_PARALLELISM := false
 
 setup: $(STAMP)
 
+# torch comes first through pip (it takes the CPU wheel on disk where there is one); uv then installs the
+# exact lock in seconds, and finds torch already satisfied.
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0 uv==0.13.9
+	$(VENV)/bin/uv pip install --quiet --python $(PY) -r requirements.lock
+	$(VENV)/bin/uv pip install --quiet --python $(PY) --no-deps -e .
 	rm -f $(VENV)/.installed-* && touch $@
 
 demo: $(STAMP)  ## the whole factory on the embedded default

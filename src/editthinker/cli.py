@@ -185,7 +185,7 @@ def _run_stage_process(stage: str, params: Path) -> tuple[float, float, int]:
 def run_all(params: ParamsOpt = DEFAULT_PARAMS, stats: Path = Path("reports/run_stats.json")) -> None:
     """The whole factory, stage by stage (each its own process, so its peak memory is measured)."""
     _params(params)  # fail fast on bad params, before any work
-    rows = []
+    rows: list[dict[str, Any]] = []
     for stage in STAGES:
         console.rule(f"[bold]{stage}")
         wall, rss, code = _run_stage_process(stage, params)

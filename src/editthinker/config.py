@@ -86,20 +86,26 @@ class ThinkerModelConfig(_Strict):
     kind: Literal["tiny-qwen2.5-vl"] = "tiny-qwen2.5-vl"
     hidden_size: int = Field(128, ge=16)
     num_layers: int = Field(2, ge=1)
-    num_heads: int = Field(4, ge=1)
-    vocab_size: int = Field(1024, ge=300)
+    num_heads: int = Field(8, ge=1)
+    vocab_size: int = Field(640, ge=300)  # the world's language needs ~620 byte-level BPE tokens
     max_new_tokens: int = Field(96, ge=8)
     stop_semantic: float = 8.0
     stop_quality: float = 8.0
+    infer_batch_size: int = Field(32, ge=1)  # requests per generate() call at inference
+    vision_hidden_size: int = Field(64, ge=16)  # the ViT's width (its output is projected to hidden_size)
+    vision_layers: int = Field(1, ge=1)
 
 
 class SFTConfig(_Strict):
-    max_steps: int = Field(400, ge=1)
-    learning_rate: float = Field(2e-3, gt=0)
-    batch_size: int = Field(16, ge=1)
+    # a from-scratch tiny model learns to copy/rewrite instructions by number of updates, not batch size:
+    # many small steps (~70-90 s on one CPU core for a few hundred samples)
+    max_steps: int = Field(1000, ge=1)
+    learning_rate: float = Field(4e-3, gt=0)
+    batch_size: int = Field(4, ge=1)
     warmup_ratio: float = Field(0.1, ge=0, le=1)
     weight_decay: float = Field(1e-6, ge=0)
     seed: int = 11
+    torch_threads: int = Field(1, ge=0)  # CPU threads for torch (0: torch's default); tiny batches gain nothing
 
 
 class RewardWeights(_Strict):
@@ -109,14 +115,16 @@ class RewardWeights(_Strict):
 
 
 class RLConfig(_Strict):
-    max_steps: int = Field(20, ge=1)
+    max_steps: int = Field(50, ge=1)  # ~20 s on one CPU core at batch 8 (2 prompts x 4 completions)
     learning_rate: float = Field(1e-4, gt=0)
     batch_size: int = Field(8, ge=1)
     num_generations: int = Field(4, ge=2)
     beta: float = Field(1e-3, ge=0)  # KL coefficient
     temperature: float = Field(1.0, gt=0)
     rewards: RewardWeights = RewardWeights()
+    edit_metric: Literal["semantic", "overall"] = "semantic"  # E in R_edit = (E(new) - E(previous)) / 10
     seed: int = 13
+    torch_threads: int = Field(1, ge=0)  # CPU threads for torch (0: torch's default)
 
 
 class EvaluateConfig(_Strict):

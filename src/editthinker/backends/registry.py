@@ -35,4 +35,9 @@ def build_thinker(checkpoint: Path, cfg: ThinkerModelConfig) -> Thinker:
     """The trained thinker in a checkpoint folder (loaded with from_pretrained, safetensors only)."""
     from editthinker.backends.vlm_thinker import VLMThinker
 
-    return VLMThinker(checkpoint, cfg)
+    return VLMThinker(
+        checkpoint,
+        max_new_tokens=cfg.max_new_tokens,
+        stop_semantic=cfg.stop_semantic,
+        stop_quality=cfg.stop_quality,
+    )

@@ -176,7 +176,8 @@ def semantic_score(source: Scene, result: Scene | None, target: Scene) -> float:
     if result == target:
         return 10.0
     src, res, tgt = _cells(source), _cells(result), _cells(target)
-    units = [("bg", source.background, result.background, target.background)]
+    Cell = tuple[str, str, str] | str | None
+    units: list[tuple[str, Cell, Cell, Cell]] = [("bg", source.background, result.background, target.background)]
     units += [(p, src.get(p), res.get(p), tgt.get(p)) for p in POSITIONS]
     intended = [u for u in units if u[1] != u[3]]
     unintended = [u for u in units if u[1] == u[3] and u[2] != u[3]]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from editthinker.config import ThinkerModelConfig
 from editthinker.models.tiny_vlm import checkpoint_id, decode_image, load_thinker, thinker_messages
 from editthinker.protocol import Verdict, parse_thinker_answer
 from editthinker.roles import ThinkRequest
@@ -20,17 +21,27 @@ class VLMThinker:
 
     name = "vlm-thinker"
 
-    def __init__(self, checkpoint: Path, batch_size: int = 16, max_new_tokens: int = 96,
-                 stop_semantic: float = 8.0, stop_quality: float = 8.0):  # fmt: skip
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
+    def __init__(
+        self,
+        checkpoint: Path,
+        cfg: ThinkerModelConfig | None = None,
+        *,
+        batch_size: int | None = None,
+        max_new_tokens: int | None = None,
+        stop_semantic: float | None = None,
+        stop_quality: float | None = None,
+    ):
+        """Settings come from `cfg` (params.thinker); keyword arguments override single fields."""
+        cfg = cfg or ThinkerModelConfig()
         self.checkpoint = Path(checkpoint)
         self.model, self.processor = load_thinker(self.checkpoint)
         self.model_id = checkpoint_id(self.checkpoint)
-        self.batch_size = batch_size
-        self.max_new_tokens = max_new_tokens
-        self.stop_semantic = stop_semantic
-        self.stop_quality = stop_quality
+        self.batch_size = cfg.infer_batch_size if batch_size is None else batch_size
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.max_new_tokens = cfg.max_new_tokens if max_new_tokens is None else max_new_tokens
+        self.stop_semantic = cfg.stop_semantic if stop_semantic is None else stop_semantic
+        self.stop_quality = cfg.stop_quality if stop_quality is None else stop_quality
 
     def generate(self, requests: list[ThinkRequest]) -> list[str]:
         """Raw answers, one per request, decoded greedily in batches."""
@@ -39,8 +50,11 @@ class VLMThinker:
         for i in range(0, len(requests), self.batch_size):
             chunk = requests[i : i + self.batch_size]
             texts = [
-                proc.apply_chat_template(thinker_messages(r.original_instruction, r.previous_instruction),
-                                         add_generation_prompt=True, tokenize=False)  # fmt: skip
+                proc.apply_chat_template(
+                    thinker_messages(r.original_instruction, r.previous_instruction),
+                    add_generation_prompt=True,
+                    tokenize=False,
+                )
                 for r in chunk
             ]
             images = [[decode_image(r.source_png), decode_image(r.previous_png)] for r in chunk]

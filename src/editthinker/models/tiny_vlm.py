@@ -16,7 +16,6 @@ import io
 import itertools
 import json
 from pathlib import Path
-from typing import Any
 
 import torch
 from PIL import Image
@@ -172,14 +171,6 @@ def decode_image(png: bytes) -> Image.Image:
         return im.convert("RGB")
 
 
-def prompt_row(sample: dict[str, Any]) -> dict[str, Any]:
-    """A step sample as trl wants a prompt: conversational `prompt` plus `images` (source, previous edit)."""
-    return {
-        "prompt": thinker_messages(sample["original_instruction"], sample["previous_instruction"]),
-        "images": [decode_image(sample["source_png"]), decode_image(sample["previous_png"])],
-    }
-
-
 # -- model ---------------------------------------------------------------------------------------------
 def _mrope_section(head_dim: int) -> list[int]:
     half = head_dim // 2  # the sections must sum to head_dim / 2
@@ -194,7 +185,9 @@ def model_config(cfg: ThinkerModelConfig, tokenizer: PreTrainedTokenizerFast) ->
     if len(tokenizer) > cfg.vocab_size:
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens, more than thinker.vocab_size={cfg.vocab_size}")
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    vision_hidden = max(32, cfg.hidden_size // 2)
+    vision_hidden = cfg.vision_hidden_size
+    if vision_hidden % 4:
+        raise ValueError("thinker.vision_hidden_size must be a multiple of 4 (2 heads, even head size)")
     return Qwen2_5_VLConfig(
         text_config={
             "vocab_size": cfg.vocab_size,
@@ -214,7 +207,7 @@ def model_config(cfg: ThinkerModelConfig, tokenizer: PreTrainedTokenizerFast) ->
             "pad_token_id": ids["<|endoftext|>"],
         },
         vision_config={
-            "depth": 1,
+            "depth": cfg.vision_layers,
             "hidden_size": vision_hidden,
             "intermediate_size": vision_hidden * 2,
             "num_heads": 2,
@@ -223,7 +216,7 @@ def model_config(cfg: ThinkerModelConfig, tokenizer: PreTrainedTokenizerFast) ->
             "temporal_patch_size": 2,
             "window_size": IMAGE_SIDE,  # one window per image
             "out_hidden_size": cfg.hidden_size,
-            "fullatt_block_indexes": [0],
+            "fullatt_block_indexes": list(range(cfg.vision_layers)),
         },
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from datasets import Dataset, Image, List
 from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
@@ -49,7 +50,8 @@ class LogHistory(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs:
-            self.logs.append({"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, int | float)}})
+            numbers = {k: v for k, v in logs.items() if isinstance(v, int | float)}
+            self.logs.append({"step": state.global_step, **numbers})
 
 
 def series(logs: list[dict[str, float]], key: str) -> list[float]:
@@ -69,6 +71,8 @@ def save_checkpoint(out_dir: Path, model, processor, stage: str, params: Params,
 
 def run(params: Params, sft_data: Path, out_dir: Path) -> dict[str, Any]:
     cfg = params.sft
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
     samples = list(iter_rows(Path(sft_data)))
     dataset = thinker_dataset(samples, completion=True)
     model, processor = build_thinker(params.thinker, seed=cfg.seed)
@@ -87,7 +91,7 @@ def run(params: Params, sft_data: Path, out_dir: Path) -> dict[str, Any]:
             data_seed=cfg.seed,
             completion_only_loss=True,
             max_length=None,
-            gradient_checkpointing=False,
+            activation_checkpointing=False,  # (the non-deprecated name of gradient_checkpointing)
             use_cpu=True,
             bf16=False,
             logging_steps=1,

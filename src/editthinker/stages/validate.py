@@ -238,6 +238,7 @@ def _quiet_context() -> Any:
 
 def _validate_one(context: Any, name: str, path: Path, suite: Any, images: _ImageChecker) -> dict[str, Any]:
     import great_expectations as gx
+    import great_expectations.expectations as gxe
 
     from editthinker.records import read_manifest, read_table
 
@@ -255,8 +256,6 @@ def _validate_one(context: Any, name: str, path: Path, suite: Any, images: _Imag
         }
     frame = trajectory_frame(table, images) if name == "trajectories" else step_frame(table, images)
     del table
-
-    import great_expectations.expectations as gxe
 
     suite.add_expectation(gxe.ExpectTableRowCountToEqual(value=int(manifest["rows"]), description="manifest rows"))
     id_cols = [c for c in ID_COLUMNS[name] if c in frame.columns]
@@ -276,7 +275,7 @@ def _validate_one(context: Any, name: str, path: Path, suite: Any, images: _Imag
     failures.sort(key=lambda f: (f["expectation"], str(f["column"])))
     stats = result.statistics
     return {
-        "path": str(path),
+        "dataset_sha256": manifest.get("dataset_sha256"),  # not the path: the report must not depend on where it ran
         "success": bool(result.success),
         "rows": len(frame),
         "id_columns": id_cols,
