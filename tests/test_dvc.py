@@ -56,7 +56,10 @@ def test_dvc_repro_matches_direct_run_and_is_then_a_noop(dvc_repo, tmp_path):
     filter_stage.run(p, direct / "traj", direct / "filt")
     split.run(p, direct / "filt", direct / "sft", direct / "rl")
     for part in ("sft", "rl"):
-        assert read_manifest(repo / f"data/steps/{part}")["dataset_sha256"] == read_manifest(direct / part)["dataset_sha256"]
+        assert (
+            read_manifest(repo / f"data/steps/{part}")["dataset_sha256"]
+            == read_manifest(direct / part)["dataset_sha256"]
+        )
 
     again = run("dvc", "repro", "split")
     assert "Running stage" not in again

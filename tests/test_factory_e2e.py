@@ -42,7 +42,16 @@ def test_whole_factory_runs_and_reports(tmp_path):
     assert "editor+rl" in done.stdout and "reports:" in done.stdout
 
     stats = json.loads((tmp_path / "reports/run_stats.json").read_text())
-    assert [s["stage"] for s in stats["stages"]] == ["generate", "filter", "split", "validate", "sft", "rl", "evaluate", "promote"]
+    assert [s["stage"] for s in stats["stages"]] == [
+        "generate",
+        "filter",
+        "split",
+        "validate",
+        "sft",
+        "rl",
+        "evaluate",
+        "promote",
+    ]
     assert all(s["peak_rss_mib"] > 0 for s in stats["stages"])
 
     summary = json.loads((tmp_path / "reports/eval/summary.json").read_text())

@@ -38,7 +38,11 @@ def hash_path(path: Path) -> str:
     if manifest.is_file():
         return str(json.loads(manifest.read_text())["dataset_sha256"])
     h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and p.name not in DESCRIPTIVE_FILES)
+    files = (
+        [path]
+        if path.is_file()
+        else sorted(p for p in path.rglob("*") if p.is_file() and p.name not in DESCRIPTIVE_FILES)
+    )
     for p in files:
         h.update(str(p.relative_to(path) if p != path else p.name).encode())
         h.update(hashlib.sha256(p.read_bytes()).digest())

@@ -117,12 +117,12 @@ def completion_text(completion: Any) -> str:
     return str(content)
 
 
-def trl_reward_func(name: str, ctx: RewardContext) -> Callable[..., list[float]]:
+def trl_reward_func(name: str, ctx: RewardContext) -> Callable[..., list[float | None]]:
     """A reward in trl's calling convention: f(prompts, completions, **dataset columns) -> list[float]."""
     reward = get_reward(name)
 
-    def func(prompts: list[Any], completions: list[Any], **columns: list[Any]) -> list[float]:
-        out = []
+    def func(prompts: list[Any], completions: list[Any], **columns: list[Any]) -> list[float | None]:
+        out: list[float | None] = []
         for i, completion in enumerate(completions):
             sample = {k: v[i] for k, v in columns.items() if isinstance(v, list) and len(v) == len(completions)}
             out.append(reward(completion_text(completion), sample, ctx))

@@ -184,7 +184,7 @@ def model_config(cfg: ThinkerModelConfig, tokenizer: PreTrainedTokenizerFast) ->
         raise ValueError("thinker.hidden_size must be a multiple of 2 * thinker.num_heads")
     if len(tokenizer) > cfg.vocab_size:
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens, more than thinker.vocab_size={cfg.vocab_size}")
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    ids: dict[str, int] = {t: int(tokenizer.convert_tokens_to_ids(t)) for t in SPECIAL_TOKENS}  # type: ignore[arg-type]
     vision_hidden = cfg.vision_hidden_size
     if vision_hidden % 4:
         raise ValueError("thinker.vision_hidden_size must be a multiple of 4 (2 heads, even head size)")
@@ -226,15 +226,19 @@ def model_config(cfg: ThinkerModelConfig, tokenizer: PreTrainedTokenizerFast) ->
     )
 
 
+def ids_of(config: Qwen2_5_VLConfig, name: str) -> int:
+    return int(getattr(config.text_config, name))
+
+
 def build_thinker(cfg: ThinkerModelConfig, seed: int) -> tuple[Qwen2_5_VLForConditionalGeneration, ThinkerProcessor]:
     """A freshly initialised thinker and its processor; same config and seed give identical weights and files."""
     processor = build_processor(cfg.vocab_size)
     config = model_config(cfg, processor.tokenizer)
     set_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32)
+    model = Qwen2_5_VLForConditionalGeneration(config).float()
     gen = model.generation_config
-    gen.eos_token_id = config.text_config.eos_token_id
-    gen.pad_token_id = config.text_config.pad_token_id
+    gen.eos_token_id = ids_of(config, "eos_token_id")
+    gen.pad_token_id = ids_of(config, "pad_token_id")
     gen.bos_token_id = None
     gen.do_sample = False
     gen.max_new_tokens = cfg.max_new_tokens
@@ -260,7 +264,8 @@ def load_thinker(path: Path) -> tuple[Qwen2_5_VLForConditionalGeneration, Thinke
     path = Path(path)
     model = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=False, dtype=torch.float32)
     processor = AutoProcessor.from_pretrained(path, trust_remote_code=False)
-    if not hasattr(processor, "image_processor"):
-        raise TypeError(f"{path}: AutoProcessor gave {type(processor).__name__}, not the thinker's processor")
+    if not isinstance(processor, ThinkerProcessor) or not isinstance(model, Qwen2_5_VLForConditionalGeneration):
+        got = f"{type(model).__name__}/{type(processor).__name__}"
+        raise TypeError(f"{path}: from_pretrained gave {got}, not a thinker")
     model.eval()
     return model, processor
