@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers.trainer_callback import PrinterCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from editthinker.config import Params
@@ -39,7 +40,7 @@ def run(params: Params, rl_data: Path, sft_checkpoint: Path, out_dir: Path) -> d
     ctx = make_context(params)
     weights = weights_of(cfg.rewards)
     names = list(REWARDS)
-    history = LogHistory()
+    history = LogHistory("rl")
     with tempfile.TemporaryDirectory(prefix="rl-") as work:
         args = GRPOConfig(
             output_dir=work,
@@ -71,6 +72,7 @@ def run(params: Params, rl_data: Path, sft_checkpoint: Path, out_dir: Path) -> d
             processing_class=processor,
             callbacks=[history],
         )
+        trainer.remove_callback(PrinterCallback)
         t0 = time.perf_counter()
         result = trainer.train()
         wall = time.perf_counter() - t0

@@ -13,7 +13,9 @@ from typing import Any
 
 import torch
 from datasets import Dataset, Image, List
+from tqdm import tqdm
 from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
 from editthinker.config import Params
@@ -43,10 +45,23 @@ def thinker_dataset(samples: list[dict[str, Any]], completion: bool, keep: tuple
 
 
 class LogHistory(TrainerCallback):
-    """Keeps every logged value per step (the trainer's own history drops nothing, but is per-log-call)."""
+    """Keeps every logged value per step, and shows one progress bar instead of a printed dict per step."""
 
-    def __init__(self) -> None:
+    def __init__(self, desc: str) -> None:
         self.logs: list[dict[str, float]] = []
+        self.desc = desc
+        self.bar: tqdm | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.bar = tqdm(total=state.max_steps, desc=self.desc, unit="step", disable=None)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs:
@@ -77,7 +92,7 @@ def run(params: Params, sft_data: Path, out_dir: Path) -> dict[str, Any]:
     dataset = thinker_dataset(samples, completion=True)
     model, processor = build_thinker(params.thinker, seed=cfg.seed)
     model.train()
-    history = LogHistory()
+    history = LogHistory("sft")
     with tempfile.TemporaryDirectory(prefix="sft-") as work:
         args = SFTConfig(
             output_dir=work,
@@ -102,6 +117,7 @@ def run(params: Params, sft_data: Path, out_dir: Path) -> dict[str, Any]:
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
                              callbacks=[history])  # fmt: skip
+        trainer.remove_callback(PrinterCallback)
         t0 = time.perf_counter()
         result = trainer.train()
         wall = time.perf_counter() - t0
