@@ -88,6 +88,7 @@ def plot_by_turn(curves: dict[str, list[float]], path: Path) -> None:
     for system, ys in curves.items():
         ax.plot(range(1, len(ys) + 1), ys, marker="o", label=system)
     ax.set(xlabel="turn", ylabel="mean overall score (0-10)", title="Score by turn, held-out benchmark")
+    ax.set_xticks(range(1, max(len(ys) for ys in curves.values()) + 1))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
