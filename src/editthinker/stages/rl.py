@@ -8,19 +8,17 @@ params.rl.rewards. `rl.batch_size` counts completions per step (prompts x num_ge
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers.trainer_callback import PrinterCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from editthinker.config import Params
 from editthinker.models.tiny_vlm import load_thinker
 from editthinker.records import iter_rows
 from editthinker.rewards import REWARDS, make_context, trl_reward_func, weights_of
-from editthinker.stages.sft import LogHistory, save_checkpoint, series, thinker_dataset
+from editthinker.stages.sft import LogHistory, save_checkpoint, series, thinker_dataset, train_timed
 
 # the step-sample columns the rewards read (they reach the reward functions as keyword arguments)
 REWARD_COLUMNS = ("editor", "seed", "source_png", "original_instruction", "previous_instruction", "target_scene",
@@ -72,21 +70,16 @@ def run(params: Params, rl_data: Path, sft_checkpoint: Path, out_dir: Path) -> d
             processing_class=processor,
             callbacks=[history],
         )
-        trainer.remove_callback(PrinterCallback)
-        t0 = time.perf_counter()
-        result = trainer.train()
-        wall = time.perf_counter() - t0
+        _, timing = train_timed(trainer)
     rewards = series(history.logs, "reward")
     metrics = {
         "stage": "rl",
         "samples": len(samples),
-        "steps": int(result.global_step),
         "reward_first": rewards[0] if rewards else None,
         "reward_last": rewards[-1] if rewards else None,
         "reward_curve": rewards,
         **{f"reward_{n}_mean": _mean(series(history.logs, f"rewards/{n}/mean")) for n in names},
-        "steps_per_second": result.global_step / wall if wall > 0 else None,
-        "wall_seconds": wall,
+        **timing,
     }
     model.eval()
     return save_checkpoint(Path(out_dir), trainer.model, processor, "rl", params, ("thinker", "rl"),

@@ -69,6 +69,16 @@ class LogHistory(TrainerCallback):
             self.logs.append({"step": state.global_step, **numbers})
 
 
+def train_timed(trainer: Any) -> tuple[Any, dict[str, Any]]:
+    """Train with one progress bar (no per-step printout); the result and the run's step/time figures."""
+    trainer.remove_callback(PrinterCallback)
+    t0 = time.perf_counter()
+    result = trainer.train()
+    wall = time.perf_counter() - t0
+    steps = int(result.global_step)
+    return result, {"steps": steps, "steps_per_second": steps / wall if wall > 0 else None, "wall_seconds": wall}
+
+
 def series(logs: list[dict[str, float]], key: str) -> list[float]:
     return [float(r[key]) for r in logs if key in r]
 
@@ -117,21 +127,16 @@ def run(params: Params, sft_data: Path, out_dir: Path) -> dict[str, Any]:
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
                              callbacks=[history])  # fmt: skip
-        trainer.remove_callback(PrinterCallback)
-        t0 = time.perf_counter()
-        result = trainer.train()
-        wall = time.perf_counter() - t0
+        result, timing = train_timed(trainer)
     losses = series(history.logs, "loss")
     metrics = {
         "stage": "sft",
         "samples": len(samples),
-        "steps": int(result.global_step),
         "train_loss_first": losses[0] if losses else None,
         "train_loss_last": losses[-1] if losses else None,
         "train_loss_mean": float(result.training_loss),
         "loss_curve": losses,
-        "steps_per_second": result.global_step / wall if wall > 0 else None,
-        "wall_seconds": wall,
+        **timing,
     }
     model.eval()
     return save_checkpoint(Path(out_dir), trainer.model, processor, "sft", params, ("thinker", "sft"),
