@@ -6,7 +6,7 @@ export DVC_NO_ANALYTICS := 1
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lint bench pipeline clean
+.PHONY: setup demo test lint bench pipeline images clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,9 @@ bench: $(STAMP)  ## throughput, training speed, demo wall time and peak memory p
 
 pipeline: $(STAMP)  ## compile the KFP pipelines to YAML
 	$(PY) -m pipelines.factory --out build/pipelines
+
+images:  ## container images (docker/build.sh): IMAGES=cpu|cuda, BASE_IMAGE=..., ENGINE=docker|podman
+	IMAGES="$(or $(IMAGES),cpu cuda)" bash docker/build.sh
 
 clean:
 	rm -rf data models reports registry build .dvc/tmp

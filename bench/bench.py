@@ -117,18 +117,61 @@ def bench_dvc_noop(demo: Path) -> None:
     line("no-op dvc repro (best of 3)", best, "s", f"(stages re-run: {len(ran)})")
 
 
+def bench_expert_api(calls: int = 96, latency_s: float = 0.05) -> None:
+    """Expert calls/s against a local OpenAI-compatible stub server (its own process, tests/openai_stub.py)
+    that answers after `latency_s`, at concurrency 1, 4 and 16 (target: >= 8x the sequential rate at 16).
+    Cache off: every call goes to the server; best of 3 runs per level."""
+    from editthinker.backends.openai_api import OpenAIExpert
+    from editthinker.roles import ThinkRequest
+    from editthinker.world.scene import render_png
+    from editthinker.world.tasks import make_task
+
+    tasks = [make_task(3, i, 2, 4, {"canonical": 1.0, "paraphrase": 1.0}) for i in range(calls)]
+    reqs = [
+        ThinkRequest(render_png(t.source, 64), render_png(t.source, 64), t.instruction, t.instruction) for t in tasks
+    ]
+    os.environ.setdefault("EDITTHINKER_BENCH_KEY", "bench-key")
+    stub = ROOT / "tests" / "openai_stub.py"
+    cmd = [sys.executable, str(stub), "--delay-s", str(latency_s), "--max-s", "300"]
+    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        base_url = server.stdout.readline().strip()
+        base = 0.0
+        for conc in (1, 4, 16):
+            api = {"kind": "openai", "base_url": base_url, "model": "stub", "cache_dir": "", "concurrency": conc}
+            expert = OpenAIExpert(parse_params({"expert": {**api, "api_key_env": "EDITTHINKER_BENCH_KEY"}}).expert)
+            expert.think(reqs[:conc])  # open the connections, warm up
+            rate = 0.0
+            for _ in range(3):  # best of 3: the machine is shared
+                t0 = time.perf_counter()
+                verdicts = expert.think(reqs)
+                rate = max(rate, len(reqs) / (time.perf_counter() - t0))
+                assert all(v.format_ok for v in verdicts)
+            expert.close()
+            base = base or rate
+            note = f"({rate / base:.1f}x sequential; {calls} calls, {latency_s * 1000:.0f} ms server latency)"
+            line(f"expert API calls/s, concurrency {conc}", rate, "calls/s", note)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     ap.add_argument("--gen-tasks", type=int, default=200)
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--skip-demo", action="store_true")
+    ap.add_argument("--skip-api", action="store_true", help="skip the expert API throughput figures")
     args = ap.parse_args()
     params = load_params(args.params)
     with tempfile.TemporaryDirectory(prefix="editthinker-bench-") as tmp:
         work = Path(tmp)
         seed_data = bench_generate(work, params, args.gen_tasks)
         bench_data_path(work, params, seed_data, args.rows)
+        if not args.skip_api:
+            bench_expert_api()
         if not args.skip_demo:
             demo = bench_demo(work, args.params)
             bench_dvc_noop(demo)

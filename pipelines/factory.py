@@ -1,12 +1,18 @@
-"""The factory as KFP pipelines: generate -> filter -> split -> validate -> sft -> rl -> evaluate -> promote.
+"""The factory as KFP pipelines, built from params at compile time (platform settings: `kubernetes`).
 
-`editthinker_data` is the data half alone (generate .. validate); `editthinker_factory` is the whole line.
-Both build their data steps with the same helper, so the two cannot drift. Training waits for validation:
-bad data stops the run before any training. Promotion writes to the registry (a side effect), so its task
-is never cached; every other step keeps caching on (same params and inputs -> same outputs).
+    editthinker-data      generate (fan-out over generate.shards, gathered) -> filter -> split -> validate
+    editthinker-train     (imported step samples) sft -> rl -> evaluate -> challenge -> [beats champion] promote
+    editthinker-factory   both, training waiting for validation (bad data stops the run before any training)
 
-    compile_pipeline("factory.yaml")                  # for a KFP backend
-    run_local(params, Path("runs/x"))                 # kfp.local, subprocesses of this interpreter
+Every step's settings (image, accelerator, cpu/memory, node selector, tolerations, PVCs, secrets by name,
+timeout, retries) come from params.kubernetes through `pipelines.platform.apply`, once per task. Data,
+training and evaluation steps are cached (same params and inputs -> same outputs); `challenge` reads the
+registry and `promote` writes it, so neither is ever cached. `params_json` and `registry` are run-time
+arguments (`pipeline_arguments`): nothing of params is compiled in but the platform settings and the number
+of generation shards. Compile and submit with the same params (the `editthinker pipeline` commands do).
+
+    compile_pipeline("factory.yaml", "factory", params)    # for a KFP backend
+    run_local(params, Path("runs/x"))                       # kfp.local, subprocesses of this interpreter
 """
 
 import importlib.util
@@ -17,9 +23,10 @@ import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from components.challenge.component import challenge
 from components.evaluate.component import evaluate
 from components.filter.component import filter as filter_
-from components.generate.component import generate
+from components.generate.component import generate, generate_gather, generate_shard
 from components.promote.component import promote
 from components.rl.component import rl
 from components.sft.component import sft
@@ -27,8 +34,10 @@ from components.split.component import split
 from components.validate.component import validate
 from kfp import compiler, dsl, local
 from kfp.dsl import Artifact, Dataset, Metrics, Model
+from kfp.dsl.graph_component import GraphComponent
 
 from editthinker.config import Params
+from pipelines.platform import apply
 
 
 class DataOutputs(NamedTuple):
@@ -37,6 +46,14 @@ class DataOutputs(NamedTuple):
     sft_data: Dataset
     rl_data: Dataset
     validation: Artifact
+
+
+class TrainOutputs(NamedTuple):
+    sft_checkpoint: Model
+    rl_checkpoint: Model
+    evaluation: Artifact
+    metrics: Metrics
+    comparison: Artifact
 
 
 class FactoryOutputs(NamedTuple):
@@ -49,21 +66,36 @@ class FactoryOutputs(NamedTuple):
     rl_checkpoint: Model
     evaluation: Artifact
     metrics: Metrics
-    decision: Artifact
+    comparison: Artifact
 
 
-def _data_steps(params_json: str) -> dict[str, Any]:
-    """Add generate, filter, split and validate to the pipeline being defined; return their tasks."""
-    gen = generate(params_json=params_json)
-    filt = filter_(params_json=params_json, trajectories=gen.outputs["trajectories"])
-    spl = split(params_json=params_json, filtered=filt.outputs["filtered"])
-    val = validate(
-        params_json=params_json,
-        trajectories=gen.outputs["trajectories"],
-        sft_data=spl.outputs["sft_data"],
-        rl_data=spl.outputs["rl_data"],
+def _data_steps(params: Params, params_json: Any) -> dict[str, Any]:
+    """Add the data steps to the pipeline being defined; return their tasks. More than one generation shard
+    fans out (dsl.ParallelFor over the shard numbers, fixed at compile time) and is gathered (dsl.Collected)."""
+    k8s = params.kubernetes
+    shards = params.generate.shards
+    t: dict[str, Any] = {}
+    if shards > 1:
+        with dsl.ParallelFor(list(range(shards)), parallelism=k8s.generate_parallelism or None) as shard:
+            one = apply(generate_shard(params_json=params_json, shard=shard), "generate", k8s)
+        gathered = generate_gather(params_json=params_json, shards=dsl.Collected(one.outputs["trajectories"]))
+        t["generate"] = apply(gathered, "gather", k8s)
+    else:
+        t["generate"] = apply(generate(params_json=params_json), "generate", k8s)
+    trajectories = t["generate"].outputs["trajectories"]
+    t["filter"] = apply(filter_(params_json=params_json, trajectories=trajectories), "filter", k8s)
+    t["split"] = apply(split(params_json=params_json, filtered=t["filter"].outputs["filtered"]), "split", k8s)
+    t["validate"] = apply(
+        validate(
+            params_json=params_json,
+            trajectories=trajectories,
+            sft_data=t["split"].outputs["sft_data"],
+            rl_data=t["split"].outputs["rl_data"],
+        ),
+        "validate",
+        k8s,
     )
-    return {"generate": gen, "filter": filt, "split": spl, "validate": val}
+    return t
 
 
 def _data_outputs(t: dict[str, Any]) -> dict[str, Any]:
@@ -76,53 +108,114 @@ def _data_outputs(t: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@dsl.pipeline(name="editthinker-data", description="Trajectories, filter, step samples, data checks.")
-def editthinker_data(params_json: str) -> DataOutputs:
-    return DataOutputs(**_data_outputs(_data_steps(params_json)))
-
-
-@dsl.pipeline(name="editthinker-factory", description="Data, SFT, RL, evaluation and promotion of a thinker.")
-def editthinker_factory(params_json: str, registry: str = "") -> FactoryOutputs:
-    """`registry` empty means params.promote.registry, as seen from the promote task's working directory."""
-    t = _data_steps(params_json)
-    sft_task = sft(params_json=params_json, sft_data=t["split"].outputs["sft_data"]).after(t["validate"])
-    rl_task = rl(
-        params_json=params_json, rl_data=t["split"].outputs["rl_data"], sft_checkpoint=sft_task.outputs["checkpoint"]
+def _train_steps(params: Params, params_json: Any, sft_data: Any, rl_data: Any, registry: Any) -> dict[str, Any]:
+    """Add sft, rl, evaluate, challenge and (when the challenger beats the champion) promote."""
+    k8s = params.kubernetes
+    t: dict[str, Any] = {}
+    t["sft"] = apply(sft(params_json=params_json, sft_data=sft_data), "sft", k8s)
+    checkpoint = t["sft"].outputs["checkpoint"]
+    t["rl"] = apply(rl(params_json=params_json, rl_data=rl_data, sft_checkpoint=checkpoint), "rl", k8s)
+    rl_checkpoint = t["rl"].outputs["checkpoint"]
+    t["evaluate"] = apply(
+        evaluate(params_json=params_json, sft_checkpoint=checkpoint, rl_checkpoint=rl_checkpoint), "evaluate", k8s
     )
-    eval_task = evaluate(
-        params_json=params_json,
-        sft_checkpoint=sft_task.outputs["checkpoint"],
-        rl_checkpoint=rl_task.outputs["checkpoint"],
+    evaluation = t["evaluate"].outputs["evaluation"]
+    t["challenge"] = apply(
+        challenge(params_json=params_json, checkpoint=rl_checkpoint, evaluation=evaluation, registry=registry),
+        "challenge",
+        k8s,
     )
-    promote_task = promote(
-        params_json=params_json,
-        checkpoint=rl_task.outputs["checkpoint"],
-        evaluation=eval_task.outputs["evaluation"],
-        registry=registry,
-    ).set_caching_options(enable_caching=False)
-    return FactoryOutputs(
-        **_data_outputs(t),
-        sft_checkpoint=sft_task.outputs["checkpoint"],
-        rl_checkpoint=rl_task.outputs["checkpoint"],
-        evaluation=eval_task.outputs["evaluation"],
-        metrics=eval_task.outputs["metrics"],
-        decision=promote_task.outputs["decision"],
-    )
+    beats_champion = t["challenge"].outputs["Output"]
+    with dsl.If(beats_champion == True, name="beats-champion"):  # noqa: E712
+        t["promote"] = apply(
+            promote(params_json=params_json, checkpoint=rl_checkpoint, evaluation=evaluation, registry=registry),
+            "promote",
+            k8s,
+        )
+    return t
 
 
-PIPELINES = {"factory": editthinker_factory, "data": editthinker_data}
+def _train_outputs(t: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "sft_checkpoint": t["sft"].outputs["checkpoint"],
+        "rl_checkpoint": t["rl"].outputs["checkpoint"],
+        "evaluation": t["evaluate"].outputs["evaluation"],
+        "metrics": t["evaluate"].outputs["metrics"],
+        "comparison": t["challenge"].outputs["comparison"],
+    }
+
+
+def build_pipelines(params: Params) -> dict[str, GraphComponent]:
+    """The three pipelines with `params`' platform settings and generation shards: {data, train, factory}."""
+
+    @dsl.pipeline(name="editthinker-data", description="Trajectories, filter, step samples, data checks.")
+    def editthinker_data(params_json: str) -> DataOutputs:
+        return DataOutputs(**_data_outputs(_data_steps(params, params_json)))
+
+    @dsl.pipeline(name="editthinker-train", description="SFT, RL, evaluation and promotion of a thinker.")
+    def editthinker_train(params_json: str, sft_data_uri: str, rl_data_uri: str, registry: str = "") -> TrainOutputs:
+        """Step samples come from URIs (e.g. a data run's sft_data / rl_data artifacts); `registry` empty
+        means params.promote.registry, as seen from the challenge and promote tasks."""
+        sft_data = dsl.importer(artifact_uri=sft_data_uri, artifact_class=Dataset, reimport=False)
+        rl_data = dsl.importer(artifact_uri=rl_data_uri, artifact_class=Dataset, reimport=False)
+        t = _train_steps(params, params_json, sft_data.output, rl_data.output, registry)
+        return TrainOutputs(**_train_outputs(t))
+
+    @dsl.pipeline(name="editthinker-factory", description="Data, SFT, RL, evaluation and promotion of a thinker.")
+    def editthinker_factory(params_json: str, registry: str = "") -> FactoryOutputs:
+        """`registry` empty means params.promote.registry, as seen from the challenge and promote tasks."""
+        d = _data_steps(params, params_json)
+        t = _train_steps(params, params_json, d["split"].outputs["sft_data"], d["split"].outputs["rl_data"], registry)
+        t["sft"].after(d["validate"])
+        return FactoryOutputs(**_data_outputs(d), **_train_outputs(t))
+
+    return {"data": editthinker_data, "train": editthinker_train, "factory": editthinker_factory}
+
+
+# built with the default (CPU-only) params: importable, compilable, runnable under kfp.local
+PIPELINES = build_pipelines(Params())
+editthinker_data, editthinker_train, editthinker_factory = (PIPELINES[k] for k in ("data", "train", "factory"))
 
 
 def params_json(params: Params) -> str:
-    return json.dumps(params.model_dump(mode="json"), sort_keys=True)
+    """The `params_json` argument: the keys params set (the rest are the image's defaults). Only those: a
+    section may refuse keys its `kind` does not use, which a dump of every field would give it."""
+    return json.dumps(params.model_dump(mode="json", exclude_unset=True), sort_keys=True)
 
 
-def compile_pipeline(path: str | Path, pipeline: str = "factory") -> Path:
-    """Compile a pipeline (factory or data) to KFP IR YAML at `path`."""
+def pipeline_arguments(
+    params: Params, pipeline: str = "factory", registry: str | None = None, data_uris: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The run-time arguments of `pipeline` for `params`: the params JSON, the registry, the data URIs.
+
+    The registry defaults to the registry PVC's mount path when params.kubernetes.registry mounts one, else
+    params.promote.registry. The train pipeline needs `data_uris` = {sft_data_uri, rl_data_uri}.
+    """
+    args: dict[str, Any] = {"params_json": params_json(params)}
+    if pipeline in ("train", "factory"):
+        reg = params.kubernetes.registry
+        args["registry"] = registry or (reg.mount_path if reg.pvc else params.promote.registry)
+    if pipeline == "train":
+        uris = data_uris or {}
+        missing = sorted({"sft_data_uri", "rl_data_uri"} - set(uris))
+        if missing:
+            raise ValueError(f"the train pipeline needs {missing}")
+        args.update({k: uris[k] for k in ("sft_data_uri", "rl_data_uri")})
+    return args
+
+
+def compile_pipeline(path: str | Path, pipeline: str = "factory", params: Params | None = None) -> Path:
+    """Compile a pipeline (data, train or factory) with `params`' platform settings to KFP IR YAML."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(PIPELINES[pipeline], package_path=str(path))
+    pipelines = PIPELINES if params is None else build_pipelines(params)
+    compiler.Compiler().compile(pipelines[pipeline], package_path=str(path))
     return path
+
+
+def compile_all(out_dir: str | Path, params: Params | None = None) -> dict[str, Path]:
+    """Every pipeline into out_dir/editthinker-<name>.yaml."""
+    return {name: compile_pipeline(Path(out_dir) / f"editthinker-{name}.yaml", name, params) for name in PIPELINES}
 
 
 def _ensure_importable() -> None:
@@ -150,11 +243,13 @@ def run_local(
     pipeline: str = "factory",
     registry: str | Path | None = None,
     enable_caching: bool = False,
+    data_uris: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """Run a pipeline under kfp.local (subprocesses, no containers); return its output artifacts' paths.
 
-    Task outputs go under workdir/kfp/<run>/<task>/. The registry defaults to params.promote.registry,
-    relative to `workdir` when it is a relative path.
+    The pipeline is built from `params` (its generation fan-out included; kfp.local runs ParallelFor,
+    Collected and If, and ignores the platform settings). Task outputs go under workdir/kfp/<run>/<task>/.
+    The registry defaults to params.promote.registry, relative to `workdir` when it is a relative path.
     """
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -166,24 +261,28 @@ def run_local(
         workspace_root=str(workdir / "kfp-workspace"),
         enable_caching=enable_caching,
     )
-    args: dict[str, Any] = {"params_json": params_json(params)}
-    if pipeline == "factory":
+    args = pipeline_arguments(params, pipeline, None, data_uris)
+    if "registry" in args:
         args["registry"] = str(workdir / (registry or params.promote.registry))
     with warnings.catch_warnings():
         # the factory image has Python; kfp.local only guesses from the image's name
         warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
-        task = PIPELINES[pipeline](**args)
+        warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")  # resources
+        task = build_pipelines(params)[pipeline](**args)
     return {name: artifact.path for name, artifact in task.outputs.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
+    from editthinker.config import load_params
+
     parser = argparse.ArgumentParser(description="Compile the KFP pipelines to YAML.")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params.yaml to compile with")
     parser.add_argument("--out", type=Path, default=Path("build/pipelines"), help="output folder")
     args = parser.parse_args(argv)
-    for name in PIPELINES:
-        print(compile_pipeline(args.out / f"editthinker-{name}.yaml", name))
+    for path in compile_all(args.out, load_params(args.params)).values():
+        print(path)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,17 @@
-"""KFP drivers: the pipelines compile with the right shape, and kfp.local gives the same data as in-process."""
+"""KFP drivers: the pipelines compile with the right shape and the cluster settings of params, the generation
+fan-out gives the run's dataset byte for byte, kfp.local gives the same data as in-process, and the
+`editthinker pipeline` commands hand the right package and arguments to the KFP client (a fake one here:
+no cluster can run on these machines)."""
 
 from __future__ import annotations
 
+import filecmp
 import importlib
 import json
 import os
 import pkgutil
 import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,14 +24,29 @@ if str(ROOT) not in sys.path:  # components/ and pipelines/ live at the reposito
     sys.path.insert(0, str(ROOT))
 
 import pipelines  # noqa: E402
+import pipelines.cli as pipeline_cli  # noqa: E402
 from components import FACTORY_IMAGE  # noqa: E402
 from kfp import compiler  # noqa: E402
 from kfp.dsl.graph_component import GraphComponent  # noqa: E402
+from pipelines.factory import build_pipelines, compile_all, pipeline_arguments  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
 
-from editthinker.config import parse_params  # noqa: E402
+from editthinker.cli import app as cli_app  # noqa: E402
+from editthinker.config import Params, load_params, parse_params  # noqa: E402
+from editthinker.registry import Registry  # noqa: E402
+from editthinker.stages import generate  # noqa: E402
+from editthinker.stages import promote as promote_stage  # noqa: E402
 
-CHAIN = ["generate", "filter", "split", "validate", "sft", "rl", "evaluate", "promote"]
-EXPECTED = {"editthinker-factory": CHAIN, "editthinker-data": CHAIN[:4]}
+DATA = ["generate-shard", "generate-gather", "filter", "split", "validate"]
+TRAIN = ["sft", "rl", "evaluate", "challenge", "promote"]
+EXPECTED = {
+    "editthinker-data": DATA,
+    "editthinker-train": ["importer", "importer-2", *TRAIN],
+    "editthinker-factory": DATA + TRAIN,
+}
+CHAINS = {"editthinker-data": DATA, "editthinker-train": TRAIN, "editthinker-factory": DATA + TRAIN}
+UNCACHED = {"challenge", "promote"}
+GPU_STEPS = {"generate-shard": "generate", "sft": "sft", "rl": "rl", "evaluate": "evaluate"}
 SECRET_PATTERNS = [
     re.compile(r"AKIA[0-9A-Z]{16}"),  # AWS access key id
     re.compile(r"\bsk-[A-Za-z0-9_-]{16,}"),  # OpenAI-style API key
@@ -46,7 +66,7 @@ def all_pipelines() -> dict[str, GraphComponent]:
 
 
 def flat_tasks(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Every task of the pipeline, sub-DAGs (nested pipelines) included, keyed by task name."""
+    """Every task of the pipeline, sub-DAGs (loops, conditions) included, keyed by task name."""
     tasks: dict[str, dict[str, Any]] = {}
 
     def walk(dag: dict[str, Any]) -> None:
@@ -59,6 +79,22 @@ def flat_tasks(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
     walk(spec["root"]["dag"])
     return tasks
+
+
+def parents(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """For each task inside a sub-DAG, the task (loop or condition) that holds that sub-DAG."""
+    found: dict[str, dict[str, Any]] = {}
+
+    def walk(dag: dict[str, Any], holder: dict[str, Any] | None) -> None:
+        for name, task in dag.get("tasks", {}).items():
+            comp = spec["components"][task["componentRef"]["name"]]
+            if holder is not None:
+                found[name] = holder
+            if "dag" in comp:
+                walk(comp["dag"], task)
+
+    walk(spec["root"]["dag"], None)
+    return found
 
 
 def ancestors(spec: dict[str, Any], name: str) -> set[str]:
@@ -85,32 +121,399 @@ def ancestors(spec: dict[str, Any], name: str) -> set[str]:
     return seen
 
 
+def load(path: Path) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """(text, pipeline spec, kubernetes platform spec's executors) of a compiled package."""
+    text = path.read_text()
+    docs = list(yaml.safe_load_all(text))
+    platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"] if len(docs) > 1 else {}
+    return text, docs[0], platform
+
+
+def executor(spec: dict[str, Any], task: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(executor label, container) of a task."""
+    label = spec["components"][task["componentRef"]["name"]]["executorLabel"]
+    return label, spec["deploymentSpec"]["executors"][label]["container"]
+
+
+GPU = {
+    "accelerator_type": "nvidia.com/gpu",
+    "accelerator_count": 1,
+    "cpu_request": "4",
+    "cpu_limit": "8",
+    "memory_request": "16Gi",
+    "memory_limit": "32Gi",
+    "timeout_s": 21600,
+    "retries": 2,
+}
+
+
+def gpu_params() -> Params:
+    return parse_params(gpu_params_data())
+
+
+def gpu_params_data() -> dict[str, Any]:
+    """A cluster's params: GPUs on the model steps, a GPU node pool, a model cache, a registry PVC, secrets."""
+    k8s = {
+        "image": "registry.example.com/editthinker:1.0-cpu",
+        "gpu_image": "registry.example.com/editthinker:1.0-cuda",
+        "image_pull_policy": "IfNotPresent",
+        "steps": {
+            "generate": {**GPU, "timeout_s": 7200},
+            "sft": {**GPU, "accelerator_count": 2, "memory_limit": "64Gi"},
+            "rl": GPU,
+            "evaluate": {**GPU, "retries": 1},
+            "promote": {"timeout_s": 900},
+        },
+        "node_selector": {"cloud.google.com/gke-accelerator": "nvidia-l4"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "model_cache": {"pvc": "editthinker-hf-cache", "mount_path": "/cache/hf"},
+        "registry": {"pvc": "editthinker-registry", "mount_path": "/registry"},
+        "retry_backoff_s": 120,
+        "secrets": [
+            {"secret_name": "editthinker-api", "env": {"OPENAI_API_KEY": "api-key"}, "steps": ["generate", "evaluate"]},
+            {
+                "secret_name": "editthinker-s3",
+                "env": {"AWS_ACCESS_KEY_ID": "access-key-id", "AWS_SECRET_ACCESS_KEY": "secret-access-key"},
+            },
+        ],
+    }
+    return {"generate": {"shards": 4}, "kubernetes": k8s}
+
+
+# --- shape, caching, defaults ------------------------------------------------------------------------------
+
+
 def test_pipelines_compile_with_the_right_shape(tmp_path: Path) -> None:
     found = all_pipelines()
     assert set(EXPECTED) <= set(found), f"pipelines found: {sorted(found)}"
     for name, pipeline in found.items():
         path = tmp_path / f"{name}.yaml"
         compiler.Compiler().compile(pipeline, package_path=str(path))
-        text = path.read_text()
-        spec = yaml.safe_load(text)
+        text, spec, _ = load(path)
         tasks = flat_tasks(spec)
         if name in EXPECTED:
-            chain = EXPECTED[name]
-            assert sorted(tasks) == sorted(chain)
+            assert sorted(tasks) == sorted(EXPECTED[name])
+            chain = CHAINS[name]
             for before, after in zip(chain, chain[1:], strict=False):
                 assert before in ancestors(spec, after), f"{name}: {after} does not wait for {before}"
         for tname, task in tasks.items():
+            if tname.startswith("importer"):
+                continue
             cached = task.get("cachingOptions", {}).get("enableCache", False)
-            assert cached is (tname != "promote"), f"{name}: caching of {tname} is {cached}"
+            assert cached is (tname not in UNCACHED), f"{name}: caching of {tname} is {cached}"
         # params come at run time only: no default is compiled in, and nothing secret-looking is
         params_def = spec["root"]["inputDefinitions"]["parameters"]["params_json"]
         assert "defaultValue" not in params_def
         for pattern in SECRET_PATTERNS:
             assert not pattern.search(text), f"{name}: secret-looking text {pattern.search(text)[0]!r}"
-        for executor in spec["deploymentSpec"]["executors"].values():
-            assert executor["container"]["image"] == FACTORY_IMAGE
-            assert "env" not in executor["container"]
-            assert not any("pip install" in part for part in executor["container"]["command"])
+        for ex in spec["deploymentSpec"]["executors"].values():
+            if "container" in ex:
+                assert ex["container"]["image"] == FACTORY_IMAGE == Params().kubernetes.image
+                assert "env" not in ex["container"]
+                assert "accelerator" not in ex["container"].get("resources", {})  # the default is CPU-only
+                assert not any("pip install" in part for part in ex["container"]["command"])
+
+
+def test_generation_fans_out_over_the_shards_and_promotion_waits_for_the_challenge(tmp_path: Path) -> None:
+    pipes = build_pipelines(parse_params({"generate": {"shards": 3}, "kubernetes": {"generate_parallelism": 2}}))
+    compiler.Compiler().compile(pipes["factory"], package_path=str(tmp_path / "f.yaml"))
+    _, spec, _ = load(tmp_path / "f.yaml")
+    holders = parents(spec)
+    loop = holders["generate-shard"]
+    assert json.loads(loop["parameterIterator"]["items"]["raw"]) == [0, 1, 2]
+    assert loop["iteratorPolicy"]["parallelismLimit"] == 2
+    assert "generate-gather" not in holders  # gathered outside the loop, after all of it
+    condition = holders["promote"]
+    assert condition["taskInfo"]["name"] == "beats-champion"
+    assert "challenge" in condition["triggerPolicy"]["condition"]
+    assert condition["triggerPolicy"]["condition"].endswith("== true")
+    # one shard: no loop at all, the plain generate step (what `generate.run` does)
+    one = build_pipelines(parse_params({"generate": {"shards": 1}}))
+    compiler.Compiler().compile(one["data"], package_path=str(tmp_path / "d.yaml"))
+    _, spec1, _ = load(tmp_path / "d.yaml")
+    assert sorted(flat_tasks(spec1)) == sorted(["generate", "filter", "split", "validate"])
+
+
+# --- cluster settings from params -----------------------------------------------------------------------------
+
+
+def test_gpu_params_compile_into_resources_and_platform_spec(tmp_path: Path) -> None:
+    params = gpu_params()
+    k8s = params.kubernetes
+    paths = compile_all(tmp_path, params)
+    assert sorted(paths) == ["data", "factory", "train"]
+    seen_steps: set[str] = set()
+    for name, path in paths.items():
+        text, spec, platform = load(path)
+        tasks = flat_tasks(spec)
+        for tname, task in tasks.items():
+            if tname.startswith("importer"):
+                continue
+            step = {"generate-shard": "generate", "generate-gather": "gather"}.get(tname, tname)
+            seen_steps.add(step)
+            want = k8s.steps[step]
+            label, container = executor(spec, task)
+            res = container.get("resources", {})
+            plat = platform[label]
+            if tname in GPU_STEPS:
+                assert container["image"] == "registry.example.com/editthinker:1.0-cuda", tname
+                assert res["accelerator"]["resourceType"] == "nvidia.com/gpu", tname
+                assert res["accelerator"]["resourceCount"] == str(want.accelerator_count), tname
+                assert plat["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+                assert plat["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+                mounts = {m["mountPath"]: m["pvcNameParameter"]["runtimeValue"]["constant"] for m in plat["pvcMount"]}
+                assert mounts == {"/cache/hf": "editthinker-hf-cache"}, tname
+                assert {"name": "HF_HOME", "value": "/cache/hf"} in container["env"]
+            else:
+                assert container["image"] == "registry.example.com/editthinker:1.0-cpu", tname
+                assert "accelerator" not in res and "nodeSelector" not in plat and "tolerations" not in plat, tname
+            assert res.get("resourceCpuRequest") == (want.cpu_request or None), tname
+            assert res.get("resourceCpuLimit") == (want.cpu_limit or None), tname
+            assert res.get("resourceMemoryRequest") == (want.memory_request or None), tname
+            assert res.get("resourceMemoryLimit") == (want.memory_limit or None), tname
+            assert plat["activeDeadlineSeconds"] == str(want.timeout_s), tname
+            assert plat["imagePullPolicy"] == "IfNotPresent"
+            retry = task.get("retryPolicy", {})
+            assert retry.get("maxRetryCount", 0) == want.retries, tname
+            if want.retries:
+                assert retry["backoffDuration"] == "120s"
+            cached = task.get("cachingOptions", {}).get("enableCache", False)
+            assert cached is (tname not in UNCACHED), f"{name}: caching of {tname}"
+            if tname in ("challenge", "promote"):
+                mounts = {m["mountPath"]: m["pvcNameParameter"]["runtimeValue"]["constant"] for m in plat["pvcMount"]}
+                assert mounts == {"/registry": "editthinker-registry"}
+            # secrets by name, as env: the S3 one everywhere, the API one on generate and evaluate only
+            secrets = {
+                (s["secretName"], e["envVar"], e["secretKey"])
+                for s in plat.get("secretAsEnv", [])
+                for e in s["keyToEnv"]
+            }
+            expected = {
+                ("editthinker-s3", "AWS_ACCESS_KEY_ID", "access-key-id"),
+                ("editthinker-s3", "AWS_SECRET_ACCESS_KEY", "secret-access-key"),
+            }
+            if step in ("generate", "evaluate"):
+                expected.add(("editthinker-api", "OPENAI_API_KEY", "api-key"))
+            assert secrets == expected, tname
+        for pattern in SECRET_PATTERNS[:3]:  # the last one would flag `secretKey: <name>`: names are the point
+            assert not pattern.search(text), f"{name}: secret-looking text {pattern.search(text)[0]!r}"
+    assert seen_steps == set(k8s.steps)  # every configured step is a task of some pipeline
+
+
+def test_no_secret_value_reaches_the_compiled_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The secrets' values live only in the environment (here) or the cluster: compile with the variables set
+    and check that no value, only the names, is in any package or in the run arguments."""
+    values = {
+        "OPENAI_API_KEY": "sk-fakeValueForTheScan0123456789abcdef",
+        "AWS_ACCESS_KEY_ID": "AKIAFAKEFAKEFAKEFAKE",
+        "AWS_SECRET_ACCESS_KEY": "fake/Secret+Access+Key/0123456789abcdefghij",
+    }
+    for var, value in values.items():
+        monkeypatch.setenv(var, value)
+    params = gpu_params()
+    texts = [p.read_text() for p in compile_all(tmp_path, params).values()]
+    texts.append(json.dumps(pipeline_arguments(params, "factory")))
+    for text in texts:
+        for value in values.values():
+            assert value not in text
+        assert "editthinker-api" in text or text.startswith("{")  # the names are there (the packages)
+    assert all(var in texts[0] for var in values if var != "OPENAI_API_KEY")
+
+
+def test_kubernetes_params_are_validated() -> None:
+    with pytest.raises(ValueError, match=r"kubernetes\.steps\.sft.*accelerator_type"):
+        parse_params({"kubernetes": {"steps": {"sft": {"accelerator_count": 1}}}})
+    with pytest.raises(ValueError, match=r"unknown steps \['sfx'\]"):
+        parse_params({"kubernetes": {"steps": {"sfx": {"retries": 1}}}})
+    with pytest.raises(ValueError, match=r"kubernetes\.steps\.rl\.memory_limit"):
+        parse_params({"kubernetes": {"steps": {"rl": {"memory_limit": "4GB"}}}})
+    with pytest.raises(ValueError, match=r"kubernetes\.secrets\.0\.env"):
+        parse_params({"kubernetes": {"secrets": [{"secret_name": "s", "env": {"1BAD": "k"}}]}})
+    with pytest.raises(ValueError, match=r"kubernetes\.secrets\.0\.value: unknown key"):
+        parse_params({"kubernetes": {"secrets": [{"secret_name": "s", "env": {"A": "k"}, "value": "x"}]}})
+    # a step given in params is merged over its defaults, key by key
+    p = parse_params({"kubernetes": {"steps": {"sft": {"accelerator_type": "nvidia.com/gpu", "accelerator_count": 1}}}})
+    assert p.kubernetes.steps["sft"].memory_request == Params().kubernetes.steps["sft"].memory_request
+    assert load_params(ROOT / "params.yaml").kubernetes == Params().kubernetes  # shipped = CPU-only defaults
+
+
+# --- the generation fan-out -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("num_tasks", "shards"), [(13, 3), (12, 2), (5, 1), (3, 4)])
+def test_generate_shards_gathered_equal_run_byte_for_byte(tmp_path: Path, num_tasks: int, shards: int) -> None:
+    params = parse_params({"generate": {"num_tasks": num_tasks, "shards": shards}})
+    direct = generate.run(params, tmp_path / "direct")
+    dirs = [tmp_path / f"shard-{k}" for k in range(shards)]
+    covered: list[int] = []
+    for k in reversed(range(shards)):  # any order
+        generate.run_shard(params, k, dirs[k])
+        covered.extend(generate.shard_tasks(params, k))
+    assert sorted(covered) == list(range(num_tasks))
+    gathered = generate.gather(params, dirs[::-1], tmp_path / "gathered")
+    assert gathered == direct  # same manifest: rows, files, dataset_sha256, lineage
+    names = sorted(p.name for p in (tmp_path / "direct").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "gathered").iterdir())
+    match, mismatch, errors = filecmp.cmpfiles(tmp_path / "direct", tmp_path / "gathered", names, shallow=False)
+    assert match == names and not mismatch and not errors
+
+
+def test_gather_refuses_missing_duplicate_or_foreign_shards(tmp_path: Path) -> None:
+    params = parse_params({"generate": {"num_tasks": 6, "shards": 2}})
+    a, b = tmp_path / "a", tmp_path / "b"
+    generate.run_shard(params, 0, a)
+    generate.run_shard(params, 1, b)
+    with pytest.raises(ValueError, match=r"shards \[1\] of 2 are missing"):
+        generate.gather(params, [a], tmp_path / "out")
+    with pytest.raises(ValueError, match="shard 0 given twice"):
+        generate.gather(params, [a, a, b], tmp_path / "out")
+    other = parse_params({"generate": {"num_tasks": 6, "shards": 2, "seed": 99}})
+    with pytest.raises(ValueError, match="other params"):
+        generate.gather(other, [a, b], tmp_path / "out")
+    with pytest.raises(ValueError, match="outside 0..1"):
+        generate.run_shard(params, 2, tmp_path / "c")
+    assert not (tmp_path / "out").exists()
+
+
+# --- the promotion gate ---------------------------------------------------------------------------------------
+
+
+def test_challenge_reads_the_registry_and_writes_nothing(tmp_path: Path) -> None:
+    params = parse_params({})
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "model.bin").write_bytes(b"weights")
+    ev = tmp_path / "eval"
+    ev.mkdir()
+    challenger = {"success_rate": 0.5, "overall": 6.0, "semantic": 6.5, "quality": 9.0}
+    (ev / "summary.json").write_text(json.dumps({"challenger": challenger}))
+    reg = tmp_path / "registry"
+    first = promote_stage.challenge(params, ckpt, ev, reg)
+    assert first["beats_champion"] is True and first["champion"] is None
+    assert not reg.exists()  # read only
+    promote_stage.run(params, ckpt, ev, reg)
+    again = promote_stage.challenge(params, ckpt, ev, reg)
+    assert again["beats_champion"] is False and "already the champion" in again["reason"]
+    (ckpt / "model.bin").write_bytes(b"other weights")  # a new challenger, no better
+    worse = promote_stage.challenge(params, ckpt, ev, reg)
+    assert worse["beats_champion"] is False and worse["champion"] == Registry(reg).champion()
+
+
+# --- the `editthinker pipeline` commands ----------------------------------------------------------------------
+
+
+class FakeClient:
+    """Records what the commands hand to kfp.Client (reading the package while it exists)."""
+
+    def __init__(self, host: str, namespace: str | None) -> None:
+        self.host, self.namespace = host, namespace
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        FakeClient.last = self
+
+    def _package(self, path: str) -> dict[str, Any]:
+        return yaml.safe_load(Path(path).read_text().split("\n---\n")[0])
+
+    def create_run_from_pipeline_package(self, **kw: Any) -> Any:
+        self.calls.append(("run", {**kw, "package": self._package(kw["pipeline_file"])}))
+        return type("Run", (), {"run_id": "run-123"})()
+
+    def create_experiment(self, name: str, namespace: str | None = None) -> Any:
+        self.calls.append(("experiment", {"name": name, "namespace": namespace}))
+        return type("Experiment", (), {"experiment_id": "exp-9"})()
+
+    def create_recurring_run(self, **kw: Any) -> Any:
+        self.calls.append(("recurring", {**kw, "package": self._package(kw["pipeline_package_path"])}))
+        return type("Job", (), {"recurring_run_id": "job-7"})()
+
+
+@pytest.fixture
+def fake_client(monkeypatch: pytest.MonkeyPatch) -> type[FakeClient]:
+    monkeypatch.setattr(pipeline_cli, "client_factory", FakeClient)
+    return FakeClient
+
+
+def write_params(tmp_path: Path) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(gpu_params_data()))
+    return path
+
+
+def test_pipeline_compile_command_writes_the_three_packages(tmp_path: Path) -> None:
+    params_file = write_params(tmp_path)
+    result = CliRunner().invoke(cli_app, ["pipeline", "compile", "--params", str(params_file), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    for name in ("data", "train", "factory"):
+        _, spec, platform = load(tmp_path / f"editthinker-{name}.yaml")
+        assert spec["pipelineInfo"]["name"] == f"editthinker-{name}"
+        assert any("secretAsEnv" in p for p in platform.values())
+
+
+def test_pipeline_submit_hands_package_arguments_and_run_name_to_the_client(
+    tmp_path: Path, fake_client: type[FakeClient]
+) -> None:
+    params = gpu_params()
+    params_file = write_params(tmp_path)
+    args = ["pipeline", "submit", "--host", "http://kfp.example:8080", "--params", str(params_file)]
+    result = CliRunner().invoke(cli_app, [*args, "--experiment", "nightly"])
+    assert result.exit_code == 0, result.output
+    client = fake_client.last
+    assert client.host == "http://kfp.example:8080" and client.namespace is None
+    [(kind, call)] = client.calls
+    assert kind == "run"
+    assert call["run_name"] == f"editthinker-factory-{params.section_hash()[:12]}"
+    assert call["run_name"] in result.output and "run-123" in result.output
+    assert call["experiment_name"] == "nightly"
+    assert call["enable_caching"] is None  # each task's own caching option stands
+    assert call["arguments"] == {"params_json": pipelines.factory.params_json(params), "registry": "/registry"}
+    sent = parse_params(json.loads(call["arguments"]["params_json"]))
+    assert sent == params and sent.section_hash() == params.section_hash()
+    assert call["package"]["pipelineInfo"]["name"] == "editthinker-factory"
+    assert "generate-shard" in flat_tasks(call["package"])
+
+    result = CliRunner().invoke(cli_app, [*args, "--pipeline", "data", "--no-cache"])
+    assert result.exit_code == 0, result.output
+    [(_, call)] = fake_client.last.calls
+    assert call["package"]["pipelineInfo"]["name"] == "editthinker-data"
+    assert set(call["arguments"]) == {"params_json"} and call["enable_caching"] is False
+    assert call["run_name"] == f"editthinker-data-{params.section_hash()[:12]}"
+
+    result = CliRunner().invoke(cli_app, [*args, "--pipeline", "train"])
+    assert result.exit_code != 0 and "sft_data_uri" in result.output  # train needs its data
+    uris = ["--sft-data", "s3://bucket/runs/1/sft_data", "--rl-data", "s3://bucket/runs/1/rl_data"]
+    result = CliRunner().invoke(cli_app, [*args, "--pipeline", "train", *uris])
+    assert result.exit_code == 0, result.output
+    [(_, call)] = fake_client.last.calls
+    assert call["arguments"]["sft_data_uri"] == "s3://bucket/runs/1/sft_data"
+    assert call["arguments"]["rl_data_uri"] == "s3://bucket/runs/1/rl_data"
+
+
+def test_pipeline_schedule_creates_a_recurring_run(tmp_path: Path, fake_client: type[FakeClient]) -> None:
+    params = gpu_params()
+    params_file = write_params(tmp_path)
+    base = ["pipeline", "schedule", "--host", "http://kfp:8080", "--params", str(params_file)]
+    result = CliRunner().invoke(cli_app, [*base, "--cron", "0 3 * * *", "--namespace", "team-a"])
+    assert result.exit_code == 0, result.output
+    client = fake_client.last
+    assert client.namespace == "team-a"
+    assert [k for k, _ in client.calls] == ["experiment", "recurring"]
+    assert client.calls[0][1] == {"name": "editthinker", "namespace": "team-a"}
+    call = client.calls[1][1]
+    assert call["experiment_id"] == "exp-9"
+    assert call["cron_expression"] == "0 0 3 * * *"  # KFP's 6 fields, seconds first
+    assert call["job_name"] == f"editthinker-factory-{params.section_hash()[:12]}"
+    assert call["max_concurrency"] == 1 and call["no_catchup"] is True and call["enable_caching"] is None
+    assert call["params"]["params_json"] == pipelines.factory.params_json(params)
+    assert call["package"]["pipelineInfo"]["name"] == "editthinker-factory"
+    bad = CliRunner().invoke(cli_app, [*base, "--cron", "every night"])
+    assert bad.exit_code != 0 and "cron" in bad.output
+
+
+def test_the_stage_cli_does_not_import_kfp() -> None:
+    code = "import sys, editthinker.cli; assert 'kfp' not in sys.modules and 'pipelines' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT / "src")
+
+
+# --- kfp.local -----------------------------------------------------------------------------------------------
 
 
 def tiny_params() -> dict[str, Any]:
@@ -124,10 +527,12 @@ def tiny_params() -> dict[str, Any]:
 
 @pytest.mark.slow
 def test_kfp_local_data_pipeline_matches_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The data pipeline under kfp.local, its generation fanned out over 2 shards (ParallelFor + Collected run
+    under kfp.local 2.17), gives the datasets of the direct stage calls."""
     from pipelines.factory import run_local
 
     from editthinker.stages import filter as filter_stage
-    from editthinker.stages import generate, split
+    from editthinker.stages import split
 
     # kfp.local runs each task in a subprocess of this interpreter: it must find both source trees
     path = [str(ROOT / "src"), str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
@@ -149,3 +554,47 @@ def test_kfp_local_data_pipeline_matches_in_process(tmp_path: Path, monkeypatch:
     assert json.loads((local / "sft" / "manifest.json").read_text())["rows"] > 0
     report = json.loads((Path(out["validation"]) / "report.json").read_text())
     assert report["success"] is True
+
+
+@pytest.mark.slow
+def test_kfp_local_factory_promotes_only_when_the_challenger_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole factory under kfp.local twice on one registry, caching on: the first run's challenger beats
+    the empty registry and is promoted. The second run takes data, training and evaluation from the cache,
+    runs challenge again (never cached), finds the checkpoint already champion, and the dsl.If skips promote:
+    the registry's decision log keeps one line."""
+    from pipelines.factory import run_local
+
+    path = [str(ROOT / "src"), str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(path))
+    data = tiny_params()
+    data["evaluate"] = {"num_tasks": 2, "max_turns": 2}
+    data["thinker"] = {"max_new_tokens": 24}
+    params = parse_params(data)
+    registry = tmp_path / "registry"
+
+    first = run_local(params, tmp_path / "run", registry=registry, enable_caching=True)
+    assert json.loads(Path(first["comparison"]).read_text())["beats_champion"] is True
+    reg = Registry(registry)
+    assert reg.champion() is not None and len(reg.decisions()) == 1
+
+    second = run_local(params, tmp_path / "run", registry=registry, enable_caching=True)
+    for cached in ("trajectories", "sft_data", "rl_checkpoint", "evaluation"):
+        assert second[cached] == first[cached], cached  # a cache hit hands back the first run's artifact
+    assert second["comparison"] != first["comparison"]  # challenge ran again
+    comparison = json.loads(Path(second["comparison"]).read_text())
+    assert comparison["beats_champion"] is False and "already the champion" in comparison["reason"]
+    assert len(Registry(registry).decisions()) == 1  # promote did not run
+
+
+def test_submit_without_a_registry_volume_warns(tmp_path: Path, fake_client: type[FakeClient]) -> None:
+    params_file = tmp_path / "cpu.yaml"
+    params_file.write_text("generate: {shards: 1}\n")
+    args = ["pipeline", "submit", "--host", "http://kfp:8080", "--params", str(params_file)]
+    result = CliRunner().invoke(cli_app, args)
+    assert result.exit_code == 0, result.output
+    assert "no registry PVC" in result.output
+    [(_, call)] = fake_client.last.calls
+    assert call["arguments"]["registry"] == "registry"  # params.promote.registry
+    assert "generate" in flat_tasks(call["package"])  # one shard: no fan-out

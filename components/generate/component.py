@@ -1,5 +1,5 @@
 from kfp import dsl
-from kfp.dsl import Dataset, Output
+from kfp.dsl import Dataset, Input, Output
 
 from components import FACTORY_IMAGE
 
@@ -14,3 +14,28 @@ def generate(params_json: str, trajectories: Output[Dataset]):
     from editthinker.stages import generate as stage
 
     stage.run(parse_params(json.loads(params_json)), Path(trajectories.path))
+
+
+@dsl.component(base_image=FACTORY_IMAGE, install_kfp_package=False)
+def generate_shard(params_json: str, shard: int, trajectories: Output[Dataset]):
+    """One shard of the generation fan-out: the trajectories of this shard's tasks."""
+    import json
+    from pathlib import Path
+
+    from editthinker.config import parse_params
+    from editthinker.stages import generate as stage
+
+    stage.run_shard(parse_params(json.loads(params_json)), int(shard), Path(trajectories.path))
+
+
+@dsl.component(base_image=FACTORY_IMAGE, install_kfp_package=False)
+def generate_gather(params_json: str, shards: Input[list[Dataset]], trajectories: Output[Dataset]):
+    """Join every generation shard into the dataset `generate` would write (byte for byte)."""
+    import json
+    from pathlib import Path
+
+    from editthinker.config import parse_params
+    from editthinker.stages import generate as stage
+
+    params = parse_params(json.loads(params_json))
+    stage.gather(params, [Path(s.path) for s in shards], Path(trajectories.path))

@@ -6,6 +6,7 @@ dvc.yaml calls these same commands; the KFP components call the same stage funct
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -209,6 +210,78 @@ def run_all(params: ParamsOpt = DEFAULT_PARAMS, stats: Path = Path("reports/run_
         f"reports: {Layout.evaluation}/summary.md, {Layout.evaluation}/summary.json, "
         f"{Layout.evaluation}/score_by_turn.png, {Layout.validation}/report.md, registry: {Layout.registry}/"
     )
+
+
+def _pipeline_app() -> typer.Typer:
+    """pipelines/cli.py's sub-app, imported only when asked for: the stages never load kfp."""
+    root = Path(__file__).resolve().parents[2]  # the checkout: pipelines/ and components/ beside src/
+    if (root / "pipelines" / "cli.py").is_file() and str(root) not in sys.path:
+        sys.path.append(str(root))
+    try:  # by name: neither the type checker nor an import of this module follows it into kfp
+        module = importlib.import_module("pipelines.cli")
+    except ImportError as exc:
+        console.print(f"[red]error:[/red] the pipeline commands need kfp and the pipelines/ folder ({exc})")
+        raise typer.Exit(2) from None
+    pipeline_app: typer.Typer = module.app
+    return pipeline_app
+
+
+@app.command(
+    "pipeline",
+    add_help_option=False,
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def pipeline(ctx: typer.Context) -> None:
+    """Kubeflow pipelines: compile, submit, schedule (`editthinker pipeline --help`)."""
+    command = typer.main.get_command(_pipeline_app())
+    command.main(args=list(ctx.args), prog_name="editthinker pipeline", standalone_mode=True)
+
+
+@app.command("edit")
+def edit_one(
+    image: Annotated[Path, typer.Option(help="the source image (any format PIL reads)")],
+    instruction: Annotated[str, typer.Option(help="the edit instruction")],
+    editor: Annotated[str, typer.Option(help="an editor name from params.editors")],
+    out: Annotated[Path, typer.Option(help="output folder: turn-N.png, trace.json, index.html")],
+    thinker: Annotated[str, typer.Option(help="a thinker checkpoint folder, 'expert' or 'none'")] = "none",
+    params: ParamsOpt = DEFAULT_PARAMS,
+    max_turns: Annotated[int | None, typer.Option(help="default: params evaluate.max_turns")] = None,
+    seed: int = 0,
+    reference: Annotated[Path | None, typer.Option(help="target scene JSON (synthetic expert / judge)")] = None,
+) -> None:
+    """Think-while-Edit on one image: every turn's image, the trace as JSON and an HTML strip."""
+    from editthinker import single_edit
+
+    p = _params(params)
+    ref = reference.read_text() if reference is not None else None
+    result = _stage("edit", lambda: single_edit.run(p, image, instruction, editor, thinker, out, max_turns, seed, ref))
+    console.print(f"{out}/index.html: {len(result['turns'])} turn(s), stopped: {result['stop_reason']}")
+
+
+@app.command("serve-editor")
+def serve_editor(
+    editor: Annotated[str, typer.Option(help="an editor name from params.editors")],
+    params: ParamsOpt = DEFAULT_PARAMS,
+    host: str = "127.0.0.1",
+    port: int = 8700,
+) -> None:
+    """Serve one editor from params over HTTP (POST /edit, GET /health) for `kind: http` editors."""
+    from editthinker.backends.http_editor import make_server
+    from editthinker.backends.registry import build_editor
+
+    p = _params(params)
+    cfgs = {e.name: e for e in p.editors}
+    if editor not in cfgs:
+        console.print(f"[red]error:[/red] editor {editor!r} is not in params.editors {sorted(cfgs)}")
+        raise typer.Exit(2)
+    server = make_server(build_editor(cfgs[editor], p.world.image_size), host, port)
+    console.print(f"serving editor {editor} on http://{host}:{server.server_address[1]}", highlight=False)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 
 if __name__ == "__main__":

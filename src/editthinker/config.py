@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -52,13 +53,119 @@ class EditorConfig(_Strict):
     profile: str  # a synthetic editor's skill profile, from backends.editors.PROFILES
 
 
-class ExpertConfig(_Strict):
-    kind: Literal["synthetic"] = "synthetic"
-    error_rate: float = Field(0.05, ge=0, le=1)
+class DiffusersEditorConfig(_Strict):
+    """An in-process diffusers editor (backends.diffusers_editors); defaults per pipeline from its table."""
+
+    name: str
+    kind: Literal["diffusers"] = "diffusers"
+    pipeline: str  # a key of backends.diffusers_editors.PIPELINES: flux-kontext, qwen-image-edit, ...
+    model: str = ""  # hub id or local folder; "": the pipeline's real model id
+    revision: str | None = None
+    device: str = "cpu"  # cpu, cuda, cuda:1, ...
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    cpu_offload: Literal["none", "model", "sequential"] = "none"
+    batch_size: int = Field(1, ge=1)  # requests per pipeline call (pipelines that take a batch)
+    num_inference_steps: int | None = Field(None, ge=1)  # None: the pipeline's default (method's setting)
+    guidance: dict[str, float] = Field(default_factory=dict)  # overrides of the pipeline's guidance defaults
+    negative_prompt: str | None = None  # for true-CFG pipelines
+    width: int | None = Field(None, ge=8)  # output size; None: the source image's
+    height: int | None = Field(None, ge=8)
+
+    @model_validator(mode="after")
+    def _known_pipeline(self) -> DiffusersEditorConfig:
+        from editthinker.backends.diffusers_editors import spec_for
+
+        spec = spec_for(self.pipeline)
+        unknown = sorted(set(self.guidance) - set(spec.guidance))
+        if unknown:
+            raise ValueError(f"guidance {unknown} not used by {self.pipeline}; it takes {sorted(spec.guidance)}")
+        if self.cpu_offload != "none" and self.device == "cpu":
+            raise ValueError("cpu_offload moves models to an accelerator as needed: set device (cuda, cuda:1, ...)")
+        return self
 
 
-class JudgeConfig(_Strict):
-    kind: Literal["synthetic"] = "synthetic"
+class HttpEditorConfig(_Strict):
+    """An editor behind `editthinker serve-editor` (or any service speaking its POST /edit)."""
+
+    name: str
+    kind: Literal["http"] = "http"
+    url: str = Field(pattern=r"^https?://")
+    model_id: str = ""  # "": the service's own, from GET /health
+    timeout_s: float = Field(600.0, gt=0)
+    retries: int = Field(2, ge=0)  # further attempts after a transport error or a 5xx answer
+    backoff_s: float = Field(1.0, ge=0)  # wait before retry k: backoff_s * 2**k
+
+
+EDITOR_KINDS = ("synthetic", "diffusers", "http")
+
+
+def _editor_kind(v: Any) -> str:
+    return str(v.get("kind", "synthetic") if isinstance(v, dict) else getattr(v, "kind", "synthetic"))
+
+
+AnyEditorConfig = Annotated[
+    Annotated[EditorConfig, Tag("synthetic")]
+    | Annotated[DiffusersEditorConfig, Tag("diffusers")]
+    | Annotated[HttpEditorConfig, Tag("http")],
+    Discriminator(_editor_kind),
+]
+
+
+def _default_editors() -> list[AnyEditorConfig]:
+    return [EditorConfig(name="painter", profile="painter"), EditorConfig(name="mover", profile="mover")]
+
+
+_OPENAI_FIELDS = ("base_url", "model", "api_key_env", "timeout_s", "max_retries", "concurrency", "cache_dir",
+                  "price_per_1k_input", "price_per_1k_output", "max_tokens", "temperature",
+                  "response_format")  # fmt: skip
+
+
+class OpenAIAPIConfig(_Strict):
+    """An OpenAI-compatible chat API (GPT-4.1, a vLLM server, `transformers serve`), for `kind: openai`.
+
+    The key is read from the environment variable NAMED by `api_key_env`; its value never appears in params,
+    logs, caches or artifacts."""
+
+    base_url: str = "https://api.openai.com/v1"
+    model: str = ""
+    api_key_env: str = Field("OPENAI_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    timeout_s: float = Field(60.0, gt=0)  # per HTTP attempt
+    max_retries: int = Field(4, ge=0)  # on 408/409/429/5xx, connection errors and timeouts, with backoff
+    concurrency: int = Field(8, ge=1)  # requests in flight at once
+    cache_dir: str = ".cache/openai"  # answers by sha256 of the request; "" disables the cache
+    price_per_1k_input: float = Field(0.0, ge=0)  # USD per 1000 prompt tokens, for cost accounting
+    price_per_1k_output: float = Field(0.0, ge=0)
+    max_tokens: int = Field(512, ge=1)
+    temperature: float = Field(0.0, ge=0, le=2)
+    response_format: Literal["json_schema", "json_object", "none"] = "json_schema"
+
+    def _openai_fields_only_for_openai(self, kind: str, section: str) -> None:
+        if kind != "openai":
+            given = sorted(set(_OPENAI_FIELDS) & self.model_fields_set)
+            if given:
+                raise ValueError(f"{section}: {given} only apply to kind: openai")
+        elif not self.model:
+            raise ValueError(f"{section}: kind openai needs a model")
+
+
+class ExpertConfig(OpenAIAPIConfig):
+    kind: Literal["synthetic", "openai"] = "synthetic"
+    error_rate: float = Field(0.05, ge=0, le=1)  # synthetic only
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> ExpertConfig:
+        self._openai_fields_only_for_openai(self.kind, "expert")
+        return self
+
+
+class JudgeConfig(OpenAIAPIConfig):
+    kind: Literal["synthetic", "openai"] = "synthetic"
+    format_retries: int = Field(1, ge=0)  # openai: re-asks after an unparsable answer before the call fails
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> JudgeConfig:
+        self._openai_fields_only_for_openai(self.kind, "judge")
+        return self
 
 
 class GenerateConfig(_Strict):
@@ -141,14 +248,142 @@ class PromoteConfig(_Strict):
     margin: float = Field(0.0, ge=0)
 
 
+class S3Config(_Strict):
+    """Where artifacts and the DVC remote live on S3 (or an S3-compatible store). No credentials here: boto3
+    and DVC take them from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ...)."""
+
+    endpoint_url: str | None = None  # None: AWS itself; e.g. http://minio:9000 for an S3-compatible store
+    bucket: str = ""
+    prefix: str = "editthinker"  # every key lives under <prefix>/
+    region: str = "us-east-1"
+
+    @field_validator("prefix")
+    @classmethod
+    def _strip_slashes(cls, v: str) -> str:
+        return v.strip("/")
+
+
+PIPELINE_STEPS = ("generate", "gather", "filter", "split", "validate", "sft", "rl", "evaluate", "challenge", "promote")
+_K8S_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+
+
+class StepResources(_Strict):
+    """One pipeline step's pod: accelerator, cpu / memory (Kubernetes quantities; "" leaves it unset)."""
+
+    accelerator_type: str = ""  # e.g. nvidia.com/gpu; "" asks for none
+    accelerator_count: int = Field(0, ge=0)
+    cpu_request: str = Field("", pattern=r"^(([0-9]*[.])?[0-9]+m?)?$")
+    cpu_limit: str = Field("", pattern=r"^(([0-9]*[.])?[0-9]+m?)?$")
+    memory_request: str = Field("", pattern=r"^([0-9]+(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?)?$")
+    memory_limit: str = Field("", pattern=r"^([0-9]+(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?)?$")
+    timeout_s: int = Field(0, ge=0)  # the pod's activeDeadlineSeconds; 0: none
+    retries: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _accelerator(self) -> StepResources:
+        if bool(self.accelerator_type) != (self.accelerator_count > 0):
+            raise ValueError("accelerator_type and accelerator_count > 0 go together")
+        return self
+
+    @property
+    def gpu(self) -> bool:
+        return self.accelerator_count > 0
+
+
+_STEP_DEFAULTS: dict[str, dict[str, Any]] = {
+    "generate": {"cpu_request": "1", "memory_request": "2Gi", "timeout_s": 7200, "retries": 1},
+    "gather": {"cpu_request": "1", "memory_request": "2Gi", "timeout_s": 1800, "retries": 1},
+    "filter": {"cpu_request": "1", "memory_request": "2Gi", "timeout_s": 1800, "retries": 1},
+    "split": {"cpu_request": "1", "memory_request": "2Gi", "timeout_s": 1800, "retries": 1},
+    "validate": {"cpu_request": "1", "memory_request": "2Gi", "timeout_s": 1800, "retries": 1},
+    "sft": {"cpu_request": "2", "memory_request": "4Gi", "timeout_s": 14400},
+    "rl": {"cpu_request": "2", "memory_request": "4Gi", "timeout_s": 14400},
+    "evaluate": {"cpu_request": "2", "memory_request": "4Gi", "timeout_s": 7200, "retries": 1},
+    "challenge": {"cpu_request": "250m", "memory_request": "512Mi", "timeout_s": 600, "retries": 1},
+    "promote": {"cpu_request": "500m", "memory_request": "1Gi", "timeout_s": 1800},
+}
+
+
+class Toleration(_Strict):
+    key: str = ""
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str = ""
+    effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] = ""
+
+
+class VolumeMount(_Strict):
+    pvc: str = Field("", pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$")  # PVC name; "" mounts nothing
+    mount_path: str = Field("/mnt/volume", pattern=r"^/")
+
+
+class SecretEnv(_Strict):
+    """A Kubernetes Secret exposed as env vars: names only, the values stay in the cluster."""
+
+    secret_name: str = Field(pattern=_K8S_NAME)
+    env: dict[str, str] = Field(min_length=1)  # ENV_VAR: key in the secret
+    steps: list[str] = Field(default_factory=list)  # steps that get it; empty: every step
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in v if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)]
+        if bad:
+            raise ValueError(f"not environment variable names: {bad}")
+        return v
+
+
+def _merge_steps(given: dict[str, Any]) -> dict[str, Any]:
+    merged: dict[str, Any] = {k: dict(v) for k, v in _STEP_DEFAULTS.items()}
+    for name, value in given.items():
+        if name in merged and isinstance(value, dict):
+            merged[name].update(value)
+        else:
+            merged[name] = value  # an unknown step: reported by the model validator
+    return merged
+
+
+class KubernetesConfig(_Strict):
+    """How the KFP pipelines run on a cluster, applied at compile time (pipelines/platform.py). The defaults
+    fit a CPU-only run; a GPU cluster sets accelerators on the model steps. Steps with an accelerator use
+    `gpu_image` and get the node selector and tolerations."""
+
+    image: str = "editthinker-factory:cpu"
+    gpu_image: str = ""  # "": `image`
+    image_pull_policy: Literal["", "Always", "IfNotPresent", "Never"] = ""  # "": the cluster's default
+    # per step; a step given in params.yaml is merged key by key over its default here
+    steps: dict[str, StepResources] = Field(default_factory=dict, validate_default=True)
+    node_selector: dict[str, str] = Field(default_factory=dict)  # for accelerator steps
+    tolerations: list[Toleration] = Field(default_factory=list)  # for accelerator steps
+    model_cache: VolumeMount = VolumeMount(mount_path="/cache/models")  # HF_HOME on the model steps
+    model_cache_steps: list[str] = Field(default_factory=lambda: ["generate", "sft", "rl", "evaluate"])
+    registry: VolumeMount = VolumeMount(mount_path="/registry")  # the model registry, for challenge and promote
+    retry_backoff_s: int = Field(60, ge=0)
+    generate_parallelism: int = Field(0, ge=0)  # generation shards running at once; 0: all of them
+    secrets: list[SecretEnv] = Field(default_factory=list)
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _fill_steps(cls, v: Any) -> Any:
+        return _merge_steps(v) if isinstance(v, dict) else v
+
+    @model_validator(mode="after")
+    def _known_steps(self) -> KubernetesConfig:
+        named = set(self.steps).union(self.model_cache_steps, *(s.steps for s in self.secrets))
+        unknown = sorted(named - set(PIPELINE_STEPS))
+        if unknown:
+            raise ValueError(f"unknown steps {unknown}; known: {list(PIPELINE_STEPS)}")
+        return self
+
+    def step(self, name: str) -> StepResources:
+        return self.steps[name]
+
+    def image_for(self, name: str) -> str:
+        return (self.gpu_image or self.image) if self.step(name).gpu else self.image
+
+
 class Params(_Strict):
     world: WorldConfig = WorldConfig()
-    editors: list[EditorConfig] = Field(
-        default_factory=lambda: [
-            EditorConfig(name="painter", profile="painter"),
-            EditorConfig(name="mover", profile="mover"),
-        ]
-    )
+    editors: list[AnyEditorConfig] = Field(default_factory=lambda: _default_editors())
     expert: ExpertConfig = ExpertConfig()
     judge: JudgeConfig = JudgeConfig()
     generate: GenerateConfig = GenerateConfig()
@@ -159,6 +394,8 @@ class Params(_Strict):
     rl: RLConfig = RLConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     promote: PromoteConfig = PromoteConfig()
+    kubernetes: KubernetesConfig = KubernetesConfig()
+    s3: S3Config = S3Config()
 
     @model_validator(mode="after")
     def _check(self) -> Params:
@@ -185,7 +422,10 @@ class ConfigError(ValueError):
 def _format_errors(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        loc = [str(p) for p in err["loc"]]
+        if len(loc) > 2 and loc[0] == "editors" and loc[2] in EDITOR_KINDS:
+            del loc[2]  # the editor kind's tag, not a key
+        key = ".".join(loc) or "<root>"
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         lines.append(f"  {key}: {msg}")
     return "\n".join(lines)

@@ -5,11 +5,27 @@ from __future__ import annotations
 from pathlib import Path
 
 from editthinker.backends.synthetic import SyntheticEditor, SyntheticExpert, SyntheticJudge
-from editthinker.config import EditorConfig, ExpertConfig, JudgeConfig, Params, ThinkerModelConfig
+from editthinker.config import (
+    AnyEditorConfig,
+    DiffusersEditorConfig,
+    ExpertConfig,
+    HttpEditorConfig,
+    JudgeConfig,
+    Params,
+    ThinkerModelConfig,
+)
 from editthinker.roles import Editor, Judge, Thinker
 
 
-def build_editor(cfg: EditorConfig, image_size: int) -> Editor:
+def build_editor(cfg: AnyEditorConfig, image_size: int) -> Editor:
+    if isinstance(cfg, DiffusersEditorConfig):
+        from editthinker.backends.diffusers_editors import DiffusersEditor
+
+        return DiffusersEditor(cfg)
+    if isinstance(cfg, HttpEditorConfig):
+        from editthinker.backends.http_editor import HttpEditor
+
+        return HttpEditor(cfg.name, cfg.url, cfg.model_id, cfg.timeout_s, cfg.retries, cfg.backoff_s)
     if cfg.kind == "synthetic":
         return SyntheticEditor(cfg.name, cfg.profile, image_size)
     raise ValueError(f"editors: unknown editor kind {cfg.kind!r}")
@@ -22,12 +38,20 @@ def build_editors(params: Params) -> dict[str, Editor]:
 def build_expert(cfg: ExpertConfig, seed: int) -> Thinker:
     if cfg.kind == "synthetic":
         return SyntheticExpert(cfg.error_rate, seed)
+    if cfg.kind == "openai":
+        from editthinker.backends.openai_api import OpenAIExpert
+
+        return OpenAIExpert(cfg)
     raise ValueError(f"expert: unknown expert kind {cfg.kind!r}")
 
 
 def build_judge(cfg: JudgeConfig) -> Judge:
     if cfg.kind == "synthetic":
         return SyntheticJudge()
+    if cfg.kind == "openai":
+        from editthinker.backends.openai_api import OpenAIJudge
+
+        return OpenAIJudge(cfg)
     raise ValueError(f"judge: unknown judge kind {cfg.kind!r}")
 
 

@@ -12,7 +12,7 @@ from editthinker.backends.registry import build_editors, build_expert, build_jud
 from editthinker.config import Params
 from editthinker.lineage import make_lineage
 from editthinker.loop import Episode, EpisodeStart, run_episodes
-from editthinker.records import TRAJECTORY_SCHEMA, write_dataset
+from editthinker.records import TRAJECTORY_SCHEMA, iter_rows, read_manifest, write_dataset
 from editthinker.world.scene import render_png
 from editthinker.world.tasks import Task, make_task
 
@@ -54,17 +54,24 @@ def trajectory_rows(task: Task, editor: str, episode: Episode) -> Iterator[dict[
         }
 
 
-def run(params: Params, out_dir: Path) -> dict[str, Any]:
+def _generate_rows(params: Params, indices: range) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Trajectory rows of the world tasks at `indices`, sorted, and the model ids that made them.
+
+    A task's episode depends only on the task, its editor (task index modulo the number of editors) and the
+    seeds, never on which other tasks run beside it: any partition of the tasks gives the same rows.
+    """
     g = params.generate
     editors = build_editors(params)
     expert = build_expert(params.expert, g.seed)
     judge = build_judge(params.judge)
     names = list(editors)
-    tasks = world_tasks(params, g.seed, g.num_tasks)
+    w = params.world
+    tasks = {i: make_task(g.seed, i, w.min_shapes, w.max_shapes, w.styles) for i in indices}
     rows: list[dict[str, Any]] = []
-    bar = tqdm(total=len(tasks), desc="generate", unit="traj", disable=None)
+    bar = tqdm(total=len(indices), desc="generate", unit="traj", disable=None)
     for name in names:
-        mine = [(i, t) for i, t in enumerate(tasks) if i % len(names) == names.index(name)]  # split across editors
+        # split across editors
+        mine = [(i, tasks[i]) for i in indices if i % len(names) == names.index(name)]
         for k in range(0, len(mine), CHUNK):
             chunk = mine[k : k + CHUNK]
             starts = [
@@ -79,8 +86,66 @@ def run(params: Params, out_dir: Path) -> dict[str, Any]:
             bar.update(len(chunk))
     bar.close()
     rows.sort(key=lambda r: (r["trajectory_id"], r["turn"]))
-    per_shard = max(1, -(-len(rows) // g.shards))
     models = {f"editor:{n}": e.model_id for n, e in editors.items()}
     models.update(expert=expert.model_id, judge=judge.model_id)
+    return rows, models
+
+
+def _write(params: Params, out_dir: Path, rows: list[dict[str, Any]], models: dict[str, str]) -> dict[str, Any]:
+    g = params.generate
+    rows.sort(key=lambda r: (r["trajectory_id"], r["turn"]))
+    per_shard = max(1, -(-len(rows) // g.shards))
     lineage = make_lineage("generate", params, SECTIONS, {}, models)
-    return write_dataset(out_dir, rows, TRAJECTORY_SCHEMA, per_shard, {"lineage": lineage, "trajectories": len(tasks)})
+    return write_dataset(out_dir, rows, TRAJECTORY_SCHEMA, per_shard, {"lineage": lineage, "trajectories": g.num_tasks})
+
+
+def run(params: Params, out_dir: Path) -> dict[str, Any]:
+    rows, models = _generate_rows(params, range(params.generate.num_tasks))
+    return _write(params, out_dir, rows, models)
+
+
+def shard_tasks(params: Params, shard: int) -> range:
+    """The task indices of generation shard `shard` of `generate.shards`: contiguous, sizes differ by <= 1."""
+    g = params.generate
+    if not 0 <= shard < g.shards:
+        raise ValueError(f"generate: shard {shard} is outside 0..{g.shards - 1} (generate.shards = {g.shards})")
+    return range(shard * g.num_tasks // g.shards, (shard + 1) * g.num_tasks // g.shards)
+
+
+def run_shard(params: Params, shard: int, out_dir: Path) -> dict[str, Any]:
+    """One generation shard (for a fan-out): the rows of `shard_tasks(params, shard)`, as one parquet file.
+
+    `gather` over all shards' outputs writes the same dataset, byte for byte, as `run`.
+    """
+    indices = shard_tasks(params, shard)
+    rows, models = _generate_rows(params, indices)
+    extra = {
+        "generate_shard": {"shard": shard, "of": params.generate.shards, "tasks": [indices.start, indices.stop]},
+        "lineage": make_lineage("generate", params, SECTIONS, {}, models),
+    }
+    return write_dataset(out_dir, rows, TRAJECTORY_SCHEMA, max(1, len(rows)), extra)
+
+
+def gather(params: Params, shard_dirs: list[Path], out_dir: Path) -> dict[str, Any]:
+    """Join the outputs of `run_shard` for every shard (in any order) into the dataset `run` writes."""
+    expected = make_lineage("generate", params, SECTIONS, {}, {})["params_sha256"]
+    seen: dict[int, Path] = {}
+    models: dict[str, str] | None = None
+    rows: list[dict[str, Any]] = []
+    for d in shard_dirs:
+        manifest = read_manifest(Path(d))
+        info, lineage = manifest.get("generate_shard"), manifest.get("lineage", {})
+        if info is None:
+            raise ValueError(f"generate: {d} is not a generation shard (no generate_shard in its manifest)")
+        if lineage.get("params_sha256") != expected or info["of"] != params.generate.shards:
+            raise ValueError(f"generate: shard {d} was made with other params than these")
+        if info["shard"] in seen:
+            raise ValueError(f"generate: shard {info['shard']} given twice ({seen[info['shard']]}, {d})")
+        if models is not None and lineage["models"] != models:
+            raise ValueError(f"generate: shard {d} was made by other models ({lineage['models']} != {models})")
+        seen[info["shard"]], models = Path(d), lineage["models"]
+        rows.extend(iter_rows(Path(d)))
+    missing = sorted(set(range(params.generate.shards)) - set(seen))
+    if missing:
+        raise ValueError(f"generate: shards {missing} of {params.generate.shards} are missing")
+    return _write(params, out_dir, rows, models or {})

@@ -96,3 +96,34 @@ def run(params: Params, checkpoint: Path, eval_dir: Path, registry: Path) -> dic
         }
         reg.log_decision({**decision, "time": datetime.now(UTC).isoformat(timespec="seconds")})
     return decision
+
+
+def challenge(params: Params, checkpoint: Path, eval_dir: Path, registry: Path) -> dict[str, Any]:
+    """Would `run` promote this checkpoint now? Reads the registry, writes nothing (a pipeline's gate).
+
+    `run` decides again under the registry's lock, so a champion that changed in between is still respected.
+    """
+    cfg = params.promote
+    metric = cfg.primary_metric
+    _, metrics = read_challenger_metrics(eval_dir, metric)
+    reg = Registry(registry)
+    previous = reg.champion()
+    champion_metric: float | None = None
+    if previous is None:
+        beats, reason = True, "no champion yet"
+    else:
+        rec = reg.lineage(previous).get("registered", {})
+        champion_metric = rec.get("metrics", {}).get(metric)
+        if rec.get("checkpoint_sha256") == hash_path(Path(checkpoint)):
+            beats, reason = False, f"{previous} is already the champion"
+        else:
+            same = rec.get("benchmark_sha256") == params.section_hash(*BENCHMARK_SECTIONS)
+            beats, reason = decide(metric, cfg.margin, metrics[metric], champion_metric, same)
+    return {
+        "beats_champion": beats,
+        "reason": reason,
+        "champion": previous,
+        "metric": metric,
+        "challenger_metric": metrics[metric],
+        "champion_metric": champion_metric,
+    }

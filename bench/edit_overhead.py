@@ -1,0 +1,70 @@
+"""Per-turn cost of the Think-while-Edit loop outside model calls, on `editthinker edit` with tiny models.
+
+Tiny random diffusers editors (built offline, loaded back with from_pretrained) and the expert / a tiny
+thinker; each run's trace.json records the loop's wall time and the time spent inside editor, thinker and
+judge calls. Prints, per setup, the edits made, loop and model seconds per edit (a turn: a thinker call and, unless the
+thinker stopped or its answer did not parse, an edit) and the loop's own share of the wall time.
+Numbers only; no pass/fail (target: overhead < 5% of a turn).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
+
+import torch  # noqa: E402
+from tests.tiny_editors import save_tiny  # noqa: E402
+
+from editthinker import single_edit  # noqa: E402
+from editthinker.config import ThinkerModelConfig, parse_params  # noqa: E402
+from editthinker.models.tiny_vlm import build_thinker, save_thinker  # noqa: E402
+from editthinker.world.scene import render_png  # noqa: E402
+from editthinker.world.tasks import make_task  # noqa: E402
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    tmp = Path(tempfile.mkdtemp(prefix="edit-overhead-"))
+    editors = [{"name": "painter", "kind": "synthetic", "profile": "painter"}]
+    for kind in ("instruct-pix2pix", "flux-kontext"):
+        save_tiny(kind, tmp / kind)
+        editors.append(
+            {"name": kind, "kind": "diffusers", "pipeline": kind, "model": str(tmp / kind), "num_inference_steps": 2}
+        )
+    params = parse_params({"editors": editors})
+    model, processor = build_thinker(ThinkerModelConfig(hidden_size=64, num_heads=4, max_new_tokens=32), seed=1)
+    save_thinker(model, processor, tmp / "thinker")
+    tasks = [make_task(77, i, 2, 4, {"vague": 1.0}) for i in range(4)]
+    head = ("editor", "thinker", "edits", "loop s/edit", "model s/edit", "overhead ms/edit", "overhead %")
+    print(f"{head[0]:18} {head[1]:8} {head[2]:>5} {head[3]:>12} {head[4]:>13} {head[5]:>17} {head[6]:>10}")
+    for editor in ("painter", "instruct-pix2pix", "flux-kontext"):
+        for thinker in ("expert", str(tmp / "thinker")):
+            turns = loop = over = model_s = 0.0
+            for i, t in enumerate(tasks):
+                (tmp / "in.png").write_bytes(render_png(t.source, 64))
+                trace = single_edit.run(
+                    params, tmp / "in.png", t.instruction, editor, thinker, tmp / f"out-{i}", 5, 0, t.target.to_json()
+                )
+                tm = trace["timing"]
+                turns += len(trace["turns"])
+                loop += tm["loop_s"]
+                over += tm["overhead_s"]
+                model_s += sum(tm["model_s"].values())
+            name = "expert" if thinker == "expert" else "tiny-vlm"
+            print(
+                f"{editor:18} {name:8} {turns:5.0f} {loop / turns:12.4f} {model_s / turns:13.4f} "
+                f"{1000 * over / turns:17.3f} {100 * over / loop:10.3f}"
+            )
+    shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps({"at": time.strftime("%H:%M:%S"), "torch_threads": 1}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""`editthinker pipeline`: compile, submit and schedule the Kubeflow pipelines (needs kfp; a cluster for the last two).
+
+The pipelines are built from params.yaml: its `kubernetes` section (images, GPUs, cpu/memory, node selector,
+tolerations, PVCs, secrets by name, timeouts, retries) and `generate.shards` at compile time, the whole params
+as the run-time `params_json` argument. Submit and schedule compile with the same params they pass, so the
+two cannot disagree; the run name carries the params hash (`Params.section_hash()`, first 12 hex digits).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from editthinker.config import ConfigError, Params, load_params
+from pipelines.factory import compile_all, compile_pipeline, pipeline_arguments
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=(__doc__ or "").split("\n\n")[0])
+console = Console(stderr=True)
+
+
+class Which(StrEnum):
+    factory = "factory"
+    data = "data"
+    train = "train"
+
+
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params.yaml to compile and run with")]
+HostOpt = Annotated[str, typer.Option("--host", help="KFP API endpoint, e.g. http://localhost:8080")]
+ExperimentOpt = Annotated[str, typer.Option("--experiment", help="KFP experiment (created if missing)")]
+PipelineOpt = Annotated[Which, typer.Option("--pipeline", help="which pipeline")]
+NamespaceOpt = Annotated[str | None, typer.Option("--namespace", help="KFP namespace (multi-user installs)")]
+RegistryOpt = Annotated[
+    str | None, typer.Option("--registry", help="registry path in the pods (default: the registry PVC or params)")
+]
+SftOpt = Annotated[str | None, typer.Option("--sft-data", help="train only: URI of SFT step samples")]
+RlOpt = Annotated[str | None, typer.Option("--rl-data", help="train only: URI of RL step samples")]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="run every step again (default: per-step caching)")]
+
+
+def client_factory(host: str, namespace: str | None) -> Any:
+    """The KFP client; tests replace this function with a fake."""
+    import kfp
+
+    return kfp.Client(host=host) if namespace is None else kfp.Client(host=host, namespace=namespace)
+
+
+def _params(path: Path) -> Params:
+    try:
+        return load_params(path)
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def run_name(params: Params, pipeline: str) -> str:
+    return f"editthinker-{pipeline}-{params.section_hash()[:12]}"
+
+
+def _arguments(
+    params: Params, pipeline: Which, registry: str | None, sft: str | None, rl: str | None
+) -> dict[str, Any]:
+    uris = {k: v for k, v in (("sft_data_uri", sft), ("rl_data_uri", rl)) if v}
+    if pipeline != Which.data and registry is None and not params.kubernetes.registry.pvc:
+        console.print(
+            "[yellow]warning:[/yellow] no registry PVC (kubernetes.registry.pvc) and no --registry: the registry "
+            "would live in the pods' own file system and vanish with them",
+            highlight=False,
+        )
+    try:
+        return pipeline_arguments(params, pipeline.value, registry, uris)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{exc} (--sft-data, --rl-data)") from None
+
+
+def cron6(cron: str) -> str:
+    """KFP wants 6 cron fields (seconds first); a 5-field crontab line gets second 0."""
+    fields = cron.split()
+    if len(fields) == 5:
+        fields.insert(0, "0")
+    if len(fields) != 6:
+        raise typer.BadParameter(f"{cron!r}: a cron expression has 5 (crontab) or 6 (with seconds) fields")
+    return " ".join(fields)
+
+
+@app.command("compile")
+def compile_(
+    params: ParamsOpt = Path("params.yaml"),
+    out: Annotated[Path, typer.Option("--out", help="output folder")] = Path("build/pipelines"),
+) -> None:
+    """Compile the data, train and factory pipelines to KFP YAML with params' platform settings."""
+    p = _params(params)
+    for name, path in compile_all(out, p).items():
+        typer.echo(f"{name}\t{path}")
+    console.print(f"compiled with {params} (params sha256 {p.section_hash()[:12]})", highlight=False)
+
+
+@app.command()
+def submit(
+    host: HostOpt,
+    experiment: ExperimentOpt = "editthinker",
+    pipeline: PipelineOpt = Which.factory,
+    params: ParamsOpt = Path("params.yaml"),
+    registry: RegistryOpt = None,
+    sft_data: SftOpt = None,
+    rl_data: RlOpt = None,
+    namespace: NamespaceOpt = None,
+    no_cache: NoCacheOpt = False,
+) -> None:
+    """Compile one pipeline with params and start a run of it on a KFP backend."""
+    p = _params(params)
+    args = _arguments(p, pipeline, registry, sft_data, rl_data)
+    name = run_name(p, pipeline.value)
+    with tempfile.TemporaryDirectory() as tmp:
+        package = compile_pipeline(Path(tmp) / f"editthinker-{pipeline.value}.yaml", pipeline.value, p)
+        client = client_factory(host, namespace)
+        result = client.create_run_from_pipeline_package(
+            pipeline_file=str(package),
+            arguments=args,
+            run_name=name,
+            experiment_name=experiment,
+            namespace=namespace,
+            enable_caching=False if no_cache else None,  # None: each task's own caching option
+        )
+    typer.echo(f"{name}\t{getattr(result, 'run_id', result)}")
+
+
+@app.command()
+def schedule(
+    host: HostOpt,
+    cron: Annotated[str, typer.Option("--cron", help='e.g. "0 3 * * *" (crontab) or 6 fields with seconds')],
+    experiment: ExperimentOpt = "editthinker",
+    pipeline: PipelineOpt = Which.factory,
+    params: ParamsOpt = Path("params.yaml"),
+    registry: RegistryOpt = None,
+    sft_data: SftOpt = None,
+    rl_data: RlOpt = None,
+    namespace: NamespaceOpt = None,
+    no_cache: NoCacheOpt = False,
+) -> None:
+    """Create a recurring run (one at a time, no catch-up) of one pipeline on a KFP backend.
+
+    Steps are cached: a scheduled run whose params and inputs did not change reuses every cached output
+    (challenge and promote still run). Use --no-cache to recompute everything each time.
+    """
+    p = _params(params)
+    args = _arguments(p, pipeline, registry, sft_data, rl_data)
+    expression = cron6(cron)
+    name = run_name(p, pipeline.value)
+    with tempfile.TemporaryDirectory() as tmp:
+        package = compile_pipeline(Path(tmp) / f"editthinker-{pipeline.value}.yaml", pipeline.value, p)
+        client = client_factory(host, namespace)
+        exp = client.create_experiment(name=experiment, namespace=namespace)
+        job = client.create_recurring_run(
+            experiment_id=exp.experiment_id,
+            job_name=name,
+            cron_expression=expression,
+            max_concurrency=1,
+            no_catchup=True,
+            params=args,
+            pipeline_package_path=str(package),
+            enable_caching=False if no_cache else None,
+        )
+    typer.echo(f"{name}\t{expression}\t{getattr(job, 'recurring_run_id', job)}")

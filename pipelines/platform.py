@@ -1,0 +1,56 @@
+"""Cluster settings for a pipeline task, from params.yaml's `kubernetes` section, in one place.
+
+`apply(task, step, k8s)` is called once per task by the pipeline builders (pipelines/factory.py): image,
+accelerator, cpu / memory, retries and caching on the task; node selector, tolerations, PVC mounts, secrets
+as env (by name: values stay in the cluster), image pull policy and the pod timeout through kfp-kubernetes
+(the platform spec). kfp.local ignores all of it.
+"""
+
+from __future__ import annotations
+
+from kfp import kubernetes
+from kfp.dsl import PipelineTask
+
+from editthinker.config import KubernetesConfig
+
+UNCACHED = frozenset({"challenge", "promote"})  # read or write the registry: outside state, never cached
+REGISTRY_STEPS = ("challenge", "promote")
+
+
+def apply(task: PipelineTask, step: str, k8s: KubernetesConfig) -> PipelineTask:
+    """Set `step`'s settings from `k8s` on `task` (a task of that step's component); return the task."""
+    s = k8s.step(step)
+    task.set_caching_options(enable_caching=step not in UNCACHED)
+    task.set_container_image(k8s.image_for(step))
+    if k8s.image_pull_policy:
+        kubernetes.set_image_pull_policy(task, k8s.image_pull_policy)
+    if s.gpu:
+        task.set_accelerator_type(s.accelerator_type).set_accelerator_limit(s.accelerator_count)
+        for label, value in sorted(k8s.node_selector.items()):
+            kubernetes.add_node_selector(task, label_key=label, label_value=value)
+        for t in k8s.tolerations:
+            kubernetes.add_toleration(
+                task, key=t.key or None, operator=t.operator, value=t.value or None, effect=t.effect or None
+            )
+    if s.cpu_request:
+        task.set_cpu_request(s.cpu_request)
+    if s.cpu_limit:
+        task.set_cpu_limit(s.cpu_limit)
+    if s.memory_request:
+        task.set_memory_request(s.memory_request)
+    if s.memory_limit:
+        task.set_memory_limit(s.memory_limit)
+    if s.timeout_s:
+        kubernetes.set_timeout(task, s.timeout_s)
+    if s.retries:
+        task.set_retry(s.retries, backoff_duration=f"{k8s.retry_backoff_s}s")
+    if k8s.model_cache.pvc and step in k8s.model_cache_steps:
+        kubernetes.mount_pvc(task, pvc_name=k8s.model_cache.pvc, mount_path=k8s.model_cache.mount_path)
+        task.set_env_variable("HF_HOME", k8s.model_cache.mount_path)
+    if k8s.registry.pvc and step in REGISTRY_STEPS:
+        kubernetes.mount_pvc(task, pvc_name=k8s.registry.pvc, mount_path=k8s.registry.mount_path)
+    for secret in k8s.secrets:
+        if not secret.steps or step in secret.steps:
+            for var, key in sorted(secret.env.items()):  # one entry each: two vars may read one key
+                kubernetes.use_secret_as_env(task, secret_name=secret.secret_name, secret_key_to_env={key: var})
+    return task
