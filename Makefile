@@ -34,7 +34,7 @@ bench: $(STAMP)  ## throughput, training speed, demo wall time and peak memory p
 	$(PY) bench/bench.py
 
 pipeline: $(STAMP)  ## compile the KFP pipelines to YAML
-	$(PY) -m pipelines.factory --out build/pipelines
+	$(VENV)/bin/editthinker pipeline compile --params params.yaml --out build/pipelines
 
 images:  ## container images (docker/build.sh): IMAGES=cpu|cuda, BASE_IMAGE=..., ENGINE=docker|podman
 	IMAGES="$(or $(IMAGES),cpu cuda)" bash docker/build.sh

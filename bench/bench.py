@@ -163,6 +163,7 @@ def main() -> None:
     ap.add_argument("--gen-tasks", type=int, default=200)
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--skip-demo", action="store_true")
+    ap.add_argument("--skip-overhead", action="store_true", help="skip the loop's per-turn overhead figures")
     ap.add_argument("--skip-api", action="store_true", help="skip the expert API throughput figures")
     args = ap.parse_args()
     params = load_params(args.params)
@@ -172,6 +173,9 @@ def main() -> None:
         bench_data_path(work, params, seed_data, args.rows)
         if not args.skip_api:
             bench_expert_api()
+        if not args.skip_overhead:
+            print("loop overhead outside model calls (editthinker edit, tiny models):", flush=True)
+            subprocess.run([sys.executable, str(ROOT / "bench/edit_overhead.py")], check=True)
         if not args.skip_demo:
             demo = bench_demo(work, args.params)
             bench_dvc_noop(demo)

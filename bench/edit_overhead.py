@@ -9,11 +9,9 @@ Numbers only; no pass/fail (target: overhead < 5% of a turn).
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +61,6 @@ def main() -> None:
                 f"{1000 * over / turns:17.3f} {100 * over / loop:10.3f}"
             )
     shutil.rmtree(tmp, ignore_errors=True)
-    print(json.dumps({"at": time.strftime("%H:%M:%S"), "torch_threads": 1}))
 
 
 if __name__ == "__main__":

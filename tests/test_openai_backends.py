@@ -354,3 +354,22 @@ def test_real_server_expert_and_judge(tf_server, tmp_path, caplog):
         judge.score(png(), png((0, 0, 255)), "make it blue", None)
     assert judge.usage.calls == 1
     judge.close()
+
+
+def test_generate_stage_records_api_usage_beside_the_data(tmp_path):
+    """The generate stage with an API expert: its calls, tokens and cost land in the manifest, not the shards."""
+    from editthinker.records import read_manifest
+    from editthinker.stages import generate
+
+    done = format_expert_answer(True, "done", "")
+    with StubOpenAIServer([], default=Answer(done)) as srv:
+        expert = api_cfg("expert", srv.base_url, tmp_path, price_per_1k_input=1.0, price_per_1k_output=2.0)
+        params = parse_params(
+            {"expert": expert.model_dump(mode="json"), "generate": {"num_tasks": 4, "max_turns": 2, "shards": 1}}
+        )
+        manifest = generate.run(params, tmp_path / "traj")
+    usage = read_manifest(tmp_path / "traj")["api_usage"]
+    assert set(usage) == {"expert"}  # the synthetic judge calls no API
+    assert usage["expert"]["calls"] == 4 and usage["expert"]["prompt_tokens"] > 0
+    assert usage["expert"]["cost_usd"] > 0
+    assert manifest["rows"] == 4  # every expert answer was "satisfied": one turn each

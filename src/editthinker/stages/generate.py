@@ -54,8 +54,11 @@ def trajectory_rows(task: Task, editor: str, episode: Episode) -> Iterator[dict[
         }
 
 
-def _generate_rows(params: Params, indices: range) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """Trajectory rows of the world tasks at `indices`, sorted, and the model ids that made them.
+Usage = dict[str, dict[str, float]]
+
+
+def _generate_rows(params: Params, indices: range) -> tuple[list[dict[str, Any]], dict[str, str], Usage]:
+    """Trajectory rows of the world tasks at `indices`, sorted, the model ids that made them and API usage.
 
     A task's episode depends only on the task, its editor (task index modulo the number of editors) and the
     seeds, never on which other tasks run beside it: any partition of the tasks gives the same rows.
@@ -88,20 +91,41 @@ def _generate_rows(params: Params, indices: range) -> tuple[list[dict[str, Any]]
     rows.sort(key=lambda r: (r["trajectory_id"], r["turn"]))
     models = {f"editor:{n}": e.model_id for n, e in editors.items()}
     models.update(expert=expert.model_id, judge=judge.model_id)
-    return rows, models
+    return rows, models, api_usage(expert=expert, judge=judge)
 
 
-def _write(params: Params, out_dir: Path, rows: list[dict[str, Any]], models: dict[str, str]) -> dict[str, Any]:
+def api_usage(**roles: object) -> Usage:
+    """Calls, tokens and cost of the roles that call an API (none for synthetic backends). It goes in the
+    manifest beside the data, never into the shards: cache hits change it, the dataset's bytes do not."""
+    return {name: dict(r.usage.as_dict()) for name, r in roles.items() if hasattr(r, "usage")}  # type: ignore[attr-defined]
+
+
+def _sum_usage(parts: list[Usage]) -> Usage:
+    total: Usage = {}
+    for part in parts:
+        for role, counts in part.items():
+            for k, v in counts.items():
+                total.setdefault(role, {})[k] = total.get(role, {}).get(k, 0) + v
+    return total
+
+
+def _write(params: Params, out_dir: Path, rows: list[dict[str, Any]], models: dict[str, str],
+           usage: Usage) -> dict[str, Any]:  # fmt: skip
     g = params.generate
     rows.sort(key=lambda r: (r["trajectory_id"], r["turn"]))
     per_shard = max(1, -(-len(rows) // g.shards))
-    lineage = make_lineage("generate", params, SECTIONS, {}, models)
-    return write_dataset(out_dir, rows, TRAJECTORY_SCHEMA, per_shard, {"lineage": lineage, "trajectories": g.num_tasks})
+    extra: dict[str, Any] = {
+        "lineage": make_lineage("generate", params, SECTIONS, {}, models),
+        "trajectories": g.num_tasks,
+    }
+    if usage:
+        extra["api_usage"] = usage
+    return write_dataset(out_dir, rows, TRAJECTORY_SCHEMA, per_shard, extra)
 
 
 def run(params: Params, out_dir: Path) -> dict[str, Any]:
-    rows, models = _generate_rows(params, range(params.generate.num_tasks))
-    return _write(params, out_dir, rows, models)
+    rows, models, usage = _generate_rows(params, range(params.generate.num_tasks))
+    return _write(params, out_dir, rows, models, usage)
 
 
 def shard_tasks(params: Params, shard: int) -> range:
@@ -118,11 +142,13 @@ def run_shard(params: Params, shard: int, out_dir: Path) -> dict[str, Any]:
     `gather` over all shards' outputs writes the same dataset, byte for byte, as `run`.
     """
     indices = shard_tasks(params, shard)
-    rows, models = _generate_rows(params, indices)
-    extra = {
+    rows, models, usage = _generate_rows(params, indices)
+    extra: dict[str, Any] = {
         "generate_shard": {"shard": shard, "of": params.generate.shards, "tasks": [indices.start, indices.stop]},
         "lineage": make_lineage("generate", params, SECTIONS, {}, models),
     }
+    if usage:
+        extra["api_usage"] = usage
     return write_dataset(out_dir, rows, TRAJECTORY_SCHEMA, max(1, len(rows)), extra)
 
 
@@ -132,8 +158,10 @@ def gather(params: Params, shard_dirs: list[Path], out_dir: Path) -> dict[str, A
     seen: dict[int, Path] = {}
     models: dict[str, str] | None = None
     rows: list[dict[str, Any]] = []
+    usages = []
     for d in shard_dirs:
         manifest = read_manifest(Path(d))
+        usages.append(manifest.get("api_usage", {}))
         info, lineage = manifest.get("generate_shard"), manifest.get("lineage", {})
         if info is None:
             raise ValueError(f"generate: {d} is not a generation shard (no generate_shard in its manifest)")
@@ -148,4 +176,4 @@ def gather(params: Params, shard_dirs: list[Path], out_dir: Path) -> dict[str, A
     missing = sorted(set(range(params.generate.shards)) - set(seen))
     if missing:
         raise ValueError(f"generate: shards {missing} of {params.generate.shards} are missing")
-    return _write(params, out_dir, rows, models or {})
+    return _write(params, out_dir, rows, models or {}, _sum_usage(usages))

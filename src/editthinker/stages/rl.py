@@ -53,8 +53,8 @@ def run(params: Params, rl_data: Path, sft_checkpoint: Path, out_dir: Path) -> d
             seed=cfg.seed,
             data_seed=cfg.seed,
             activation_checkpointing=False,  # (the non-deprecated name of gradient_checkpointing)
-            use_cpu=True,
-            bf16=False,
+            use_cpu=not torch.cuda.is_available(),  # GPUs when present (accelerate launch), else the CPU
+            bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
             logging_steps=1,
             save_strategy="no",
             report_to="none",

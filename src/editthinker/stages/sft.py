@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import PartialState
 from datasets import Dataset, Image, List
 from tqdm import tqdm
 from transformers import TrainerCallback
@@ -85,7 +86,10 @@ def series(logs: list[dict[str, float]], key: str) -> list[float]:
 
 def save_checkpoint(out_dir: Path, model, processor, stage: str, params: Params, sections: tuple[str, ...],
                     inputs: dict[str, Path], metrics: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
-    """Write the checkpoint, lineage.json and metrics.json into `out_dir` atomically."""
+    """Write the checkpoint, lineage.json and metrics.json into `out_dir` atomically (under `accelerate
+    launch`, only the main process writes)."""
+    if not PartialState().is_main_process:
+        return metrics
     with atomic_dir(out_dir) as tmp:
         save_thinker(model, processor, tmp)
         metrics = {**metrics, "model_id": checkpoint_id(tmp)}
@@ -117,8 +121,8 @@ def run(params: Params, sft_data: Path, out_dir: Path) -> dict[str, Any]:
             completion_only_loss=True,
             max_length=None,
             activation_checkpointing=False,  # (the non-deprecated name of gradient_checkpointing)
-            use_cpu=True,
-            bf16=False,
+            use_cpu=not torch.cuda.is_available(),  # GPUs when present (accelerate launch), else the CPU
+            bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
             logging_steps=1,
             save_strategy="no",
             report_to="none",
