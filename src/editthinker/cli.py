@@ -243,7 +243,7 @@ def edit_one(
     instruction: Annotated[str, typer.Option(help="the edit instruction")],
     editor: Annotated[str, typer.Option(help="an editor name from params.editors")],
     out: Annotated[Path, typer.Option(help="output folder: turn-N.png, trace.json, index.html")],
-    thinker: Annotated[str, typer.Option(help="a thinker checkpoint folder, 'expert' or 'none'")] = "none",
+    thinker: Annotated[str, typer.Option(help="a checkpoint folder, 'model', 'expert' or 'none'")] = "none",
     params: ParamsOpt = DEFAULT_PARAMS,
     max_turns: Annotated[int | None, typer.Option(help="default: params evaluate.max_turns")] = None,
     seed: int = 0,

@@ -201,6 +201,12 @@ class ThinkerModelConfig(_Strict):
     infer_batch_size: int = Field(32, ge=1)  # requests per generate() call at inference
     vision_hidden_size: int = Field(64, ge=16)  # the ViT's width (its output is projected to hidden_size)
     vision_layers: int = Field(1, ge=1)
+    # where and how the thinker runs at inference (VLMThinker): "cpu", "cuda" or "cuda:N"; weights' dtype
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # a released thinker to use instead of a trained checkpoint (a hub id such as Qwen/Qwen3-VL-8B-Instruct,
+    # or a folder); read only by `editthinker edit --thinker model`, never by the evaluate stage
+    model: str | None = None
 
 
 class SFTConfig(_Strict):
@@ -243,6 +249,8 @@ class EvaluateConfig(_Strict):
 
 
 class PromoteConfig(_Strict):
+    # a local directory, or s3://bucket/prefix for a registry on S3 (endpoint and region from `s3`, credentials
+    # from the environment; versions, numbers, champion and decisions change there only by conditional writes)
     registry: str = "registry"
     primary_metric: Literal["success_rate", "overall", "semantic"] = "overall"
     margin: float = Field(0.0, ge=0)

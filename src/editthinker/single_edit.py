@@ -27,7 +27,7 @@ from editthinker.loop import Episode, EpisodeStart, run_episodes
 from editthinker.protocol import Verdict
 from editthinker.roles import Editor, EditRequest, Judge, JudgeScore, Thinker, ThinkRequest
 
-THINKER_NONE, THINKER_EXPERT = "none", "expert"
+THINKER_NONE, THINKER_EXPERT, THINKER_MODEL = "none", "expert", "model"
 
 
 class _Clock:
@@ -91,10 +91,15 @@ def _thinker(params: Params, spec: str, seed: int) -> Thinker | None:
         return None
     if spec == THINKER_EXPERT:
         return build_expert(params.expert, seed)
+    if spec == THINKER_MODEL:  # a released thinker: params.thinker.model, a hub id or a folder
+        if params.thinker.model is None:
+            raise ValueError(f"thinker: {THINKER_MODEL!r} needs params thinker.model (e.g. Qwen/Qwen3-VL-8B-Instruct)")
+        return build_thinker(params.thinker.model, params.thinker)
     path = Path(spec)
     if not path.is_dir():
         raise FileNotFoundError(
-            f"thinker: {spec!r} is neither a checkpoint folder, {THINKER_EXPERT!r} nor {THINKER_NONE!r}"
+            f"thinker: {spec!r} is neither a checkpoint folder, {THINKER_MODEL!r} (params thinker.model), "
+            f"{THINKER_EXPERT!r} nor {THINKER_NONE!r}"
         )
     return build_thinker(path, params.thinker)
 

@@ -55,13 +55,9 @@ def build_judge(cfg: JudgeConfig) -> Judge:
     raise ValueError(f"judge: unknown judge kind {cfg.kind!r}")
 
 
-def build_thinker(checkpoint: Path, cfg: ThinkerModelConfig) -> Thinker:
-    """The trained thinker in a checkpoint folder (loaded with from_pretrained, safetensors only)."""
+def build_thinker(checkpoint: Path | str, cfg: ThinkerModelConfig) -> Thinker:
+    """A VLM thinker: a checkpoint folder or a model id (from_pretrained, safetensors only), run with cfg's
+    device, dtype, batch size, decoding length and stop thresholds."""
     from editthinker.backends.vlm_thinker import VLMThinker
 
-    return VLMThinker(
-        checkpoint,
-        max_new_tokens=cfg.max_new_tokens,
-        stop_semantic=cfg.stop_semantic,
-        stop_quality=cfg.stop_quality,
-    )
+    return VLMThinker(checkpoint, cfg)

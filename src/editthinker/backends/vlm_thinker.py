@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -13,7 +14,8 @@ from editthinker.roles import ThinkRequest
 
 
 class VLMThinker:
-    """Implements the Thinker protocol over a checkpoint directory written by the sft or rl stage.
+    """Implements the Thinker protocol over a transformers VLM: a checkpoint folder written by the sft or rl
+    stage, or a released model id (Qwen2.5-VL, Qwen3-VL), loaded with AutoModelForImageTextToText.
 
     The prompt is the same one training used (`thinker_messages`). Unparsable answers come back as
     Verdicts with `format_ok=False`; they are never raised.
@@ -23,9 +25,11 @@ class VLMThinker:
 
     def __init__(
         self,
-        checkpoint: Path,
+        checkpoint: Path | str,
         cfg: ThinkerModelConfig | None = None,
         *,
+        device: str | None = None,
+        dtype: str | None = None,
         batch_size: int | None = None,
         max_new_tokens: int | None = None,
         stop_semantic: float | None = None,
@@ -33,8 +37,13 @@ class VLMThinker:
     ):
         """Settings come from `cfg` (params.thinker); keyword arguments override single fields."""
         cfg = cfg or ThinkerModelConfig()
-        self.checkpoint = Path(checkpoint)
-        self.model, self.processor = load_thinker(self.checkpoint)
+        # a local folder stays a Path; anything else is a model id for from_pretrained
+        self.checkpoint: Path | str = Path(checkpoint) if Path(checkpoint).is_dir() else str(checkpoint)
+        self.device = cfg.device if device is None else device
+        self.dtype = cfg.dtype if dtype is None else dtype
+        model, processor = load_thinker(self.checkpoint, self.device, self.dtype)
+        self.model: Any = model  # a generation-capable VLM (PreTrainedModel types generate loosely)
+        self.processor: Any = processor
         self.model_id = checkpoint_id(self.checkpoint)
         self.batch_size = cfg.infer_batch_size if batch_size is None else batch_size
         if self.batch_size < 1:
@@ -59,6 +68,7 @@ class VLMThinker:
             ]
             images = [[decode_image(r.source_png), decode_image(r.previous_png)] for r in chunk]
             inputs = proc(text=texts, images=images, padding=True, padding_side="left", return_tensors="pt")
+            inputs = inputs.to(self.model.device)  # pixel values are cast to the vision tower's dtype inside
             with torch.inference_mode():
                 ids = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
             new = ids[:, inputs["input_ids"].shape[1] :]

@@ -23,11 +23,16 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from transformers import (
     AutoModelForImageTextToText,
     AutoProcessor,
+    PreTrainedModel,
     PreTrainedTokenizerFast,
+    ProcessorMixin,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2_5_VLProcessor,
     Qwen2VLImageProcessorPil,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLProcessor,
     set_seed,
 )
 
@@ -37,6 +42,8 @@ from editthinker.world import language as lang
 from editthinker.world.scene import BACKGROUNDS, COLOURS, POSITIONS, SHAPE_COLOURS, SHAPES, SIZES
 
 MODEL_KIND = "tiny-qwen2.5-vl"
+QWEN3_KIND = "tiny-qwen3-vl"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 IMAGE_SIDE = 48  # 64x64 scenes are resized to this: 3x3 merged tokens, one per scene cell
 PATCH, MERGE = 8, 2
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -65,6 +72,16 @@ class ThinkerProcessor(Qwen2_5_VLProcessor):
 # A string key: registering under Qwen2_5_VLConfig would be silently skipped (it is a transformers class),
 # and would remap real Qwen2.5-VL checkpoints. This only makes the class findable by its saved name.
 AutoProcessor.register("editthinker_tiny_qwen2_5_vl", ThinkerProcessor, exist_ok=True)
+
+
+class Qwen3ThinkerProcessor(Qwen3VLProcessor):
+    """Qwen3-VL's processor without the video processor (which would need torchvision); same registration."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+
+AutoProcessor.register("editthinker_tiny_qwen3_vl", Qwen3ThinkerProcessor, exist_ok=True)
 
 
 # -- corpus and tokenizer ------------------------------------------------------------------------------
@@ -246,26 +263,111 @@ def build_thinker(cfg: ThinkerModelConfig, seed: int) -> tuple[Qwen2_5_VLForCond
     return model, processor
 
 
-def save_thinker(model, processor, path: Path) -> None:
+def build_qwen3_thinker(
+    cfg: ThinkerModelConfig, seed: int
+) -> tuple[Qwen3VLForConditionalGeneration, Qwen3ThinkerProcessor]:
+    """A freshly initialised tiny Qwen3-VL (same tokenizer, image processor and prompt as the Qwen2.5-VL one).
+
+    Qwen3-VL differs in the vision tower (learned position embeddings interpolated to the grid, deepstack
+    features fed to the first text layers) and in interleaved M-RoPE; the image processor is Qwen2-VL's.
+    """
+    base = build_processor(cfg.vocab_size)
+    processor = Qwen3ThinkerProcessor(base.image_processor, base.tokenizer, chat_template=CHAT_TEMPLATE)
+    v2 = model_config(cfg, base.tokenizer)  # validates the sizes and carries the special token ids
+    head_dim = cfg.hidden_size // cfg.num_heads
+    grid = IMAGE_SIDE // PATCH  # patches per side of one image
+    config = Qwen3VLConfig(
+        text_config={
+            "vocab_size": cfg.vocab_size,
+            "hidden_size": cfg.hidden_size,
+            "intermediate_size": cfg.hidden_size * 3,
+            "num_hidden_layers": cfg.num_layers,
+            "num_attention_heads": cfg.num_heads,
+            "num_key_value_heads": cfg.num_heads,
+            "head_dim": head_dim,
+            "max_position_embeddings": 1024,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "mrope_section": _mrope_section(head_dim),
+                "mrope_interleaved": True,
+            },
+            "bos_token_id": None,
+            "eos_token_id": ids_of(v2, "eos_token_id"),
+            "pad_token_id": ids_of(v2, "pad_token_id"),
+        },
+        vision_config={
+            "depth": cfg.vision_layers,
+            "hidden_size": cfg.vision_hidden_size,
+            "intermediate_size": cfg.vision_hidden_size * 2,
+            "num_heads": 2,
+            "patch_size": PATCH,
+            "spatial_merge_size": MERGE,
+            "temporal_patch_size": 2,
+            "out_hidden_size": cfg.hidden_size,
+            "num_position_embeddings": grid * grid,  # a square: interpolated to each image's grid
+            "deepstack_visual_indexes": [0],
+        },
+        image_token_id=v2.image_token_id,
+        video_token_id=v2.video_token_id,
+        vision_start_token_id=v2.vision_start_token_id,
+        vision_end_token_id=v2.vision_end_token_id,
+        tie_word_embeddings=True,
+    )
+    set_seed(seed)
+    model = Qwen3VLForConditionalGeneration(config).float()
+    gen = model.generation_config
+    gen.eos_token_id = ids_of(v2, "eos_token_id")
+    gen.pad_token_id = ids_of(v2, "pad_token_id")
+    gen.bos_token_id = None
+    gen.do_sample = False
+    gen.max_new_tokens = cfg.max_new_tokens
+    model.eval()
+    return model, processor
+
+
+def save_thinker(model, processor, path: Path, kind: str = MODEL_KIND) -> None:
     """Write model (safetensors), processor and tokenizer files into `path`."""
     path = Path(path)
     model.save_pretrained(path, safe_serialization=True)
     processor.save_pretrained(path)
-    (path / "thinker.json").write_text(json.dumps({"kind": MODEL_KIND}, indent=2, sort_keys=True) + "\n")
+    (path / "thinker.json").write_text(json.dumps({"kind": kind}, indent=2, sort_keys=True) + "\n")
 
 
-def checkpoint_id(path: Path) -> str:
-    """`tiny-qwen2.5-vl@<sha256 prefix of the weights>`: names the exact checkpoint."""
-    h = hashlib.sha256((Path(path) / "model.safetensors").read_bytes()).hexdigest()
-    return f"{MODEL_KIND}@{h[:12]}"
+def checkpoint_id(path: Path | str) -> str:
+    """Names the exact checkpoint: `<kind>@<sha256 prefix of the weights>` for a local folder (the weights
+    file, or the shard index of a sharded one; kind from thinker.json, else the config's model_type), the
+    id itself for anything else (a hub id such as Qwen/Qwen3-VL-8B-Instruct)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return str(path)
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        weights = folder / "model.safetensors.index.json"
+    h = hashlib.sha256(weights.read_bytes()).hexdigest()
+    meta = folder / "thinker.json"
+    if meta.is_file():
+        kind = str(json.loads(meta.read_text())["kind"])
+    else:
+        kind = str(json.loads((folder / "config.json").read_text()).get("model_type", "vlm"))
+    return f"{kind}@{h[:12]}"
 
 
-def load_thinker(path: Path) -> tuple[Qwen2_5_VLForConditionalGeneration, ThinkerProcessor]:
-    path = Path(path)
-    model = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=False, dtype=torch.float32)
+def load_thinker(
+    path: Path | str, device: str = "cpu", dtype: str = "float32"
+) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Any image-text-to-text checkpoint (a folder the stages wrote, or a model id such as a Qwen2.5-VL or
+    Qwen3-VL release) through AutoModelForImageTextToText + AutoProcessor; safetensors, no remote code.
+
+    `device` is "cpu" or "cuda[:N]"; `dtype` one of DTYPES (real releases: "bfloat16" on a GPU)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
+    model = AutoModelForImageTextToText.from_pretrained(
+        path, trust_remote_code=False, use_safetensors=True, dtype=DTYPES[dtype]
+    )
+    model = model.to(torch.device(device))  # type: ignore[arg-type]
     processor = AutoProcessor.from_pretrained(path, trust_remote_code=False)
-    if not isinstance(processor, ThinkerProcessor) or not isinstance(model, Qwen2_5_VLForConditionalGeneration):
-        got = f"{type(model).__name__}/{type(processor).__name__}"
-        raise TypeError(f"{path}: from_pretrained gave {got}, not a thinker")
+    if not hasattr(processor, "image_processor"):  # AutoProcessor silently falls back to a bare tokenizer
+        raise TypeError(f"{path}: AutoProcessor gave {type(processor).__name__}, which reads no images")
     model.eval()
     return model, processor
