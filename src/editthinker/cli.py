@@ -156,12 +156,15 @@ def evaluate(
     console.print((out / "summary.md").read_text(), highlight=False)
 
 
+REGISTRY_HELP = "registry: a folder or s3://bucket/prefix (default: params promote.registry)"
+
+
 @app.command()
 def promote(
     params: ParamsOpt = DEFAULT_PARAMS,
     checkpoint: Path = Layout.rl_model,
     eval_dir: Path = Layout.evaluation,
-    registry: Annotated[Path | None, typer.Option(help="registry dir (default: params promote.registry)")] = None,
+    registry: Annotated[Path | None, typer.Option(help=REGISTRY_HELP)] = None,
 ) -> None:
     """Register the checkpoint; make it champion only if it beats the champion by the margin."""
     from editthinker.stages import promote as stage

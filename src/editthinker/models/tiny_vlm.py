@@ -253,14 +253,19 @@ def build_thinker(cfg: ThinkerModelConfig, seed: int) -> tuple[Qwen2_5_VLForCond
     config = model_config(cfg, processor.tokenizer)
     set_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).float()
+    _greedy_generation(model, config, cfg.max_new_tokens)
+    return model, processor
+
+
+def _greedy_generation(model: PreTrainedModel, ids_from: Qwen2_5_VLConfig, max_new_tokens: int) -> None:
+    """Greedy decoding that stops at <|im_end|> and pads with <|endoftext|>; the model in eval mode."""
     gen = model.generation_config
-    gen.eos_token_id = ids_of(config, "eos_token_id")
-    gen.pad_token_id = ids_of(config, "pad_token_id")
+    gen.eos_token_id = ids_of(ids_from, "eos_token_id")
+    gen.pad_token_id = ids_of(ids_from, "pad_token_id")
     gen.bos_token_id = None
     gen.do_sample = False
-    gen.max_new_tokens = cfg.max_new_tokens
+    gen.max_new_tokens = max_new_tokens
     model.eval()
-    return model, processor
 
 
 def build_qwen3_thinker(
@@ -316,13 +321,7 @@ def build_qwen3_thinker(
     )
     set_seed(seed)
     model = Qwen3VLForConditionalGeneration(config).float()
-    gen = model.generation_config
-    gen.eos_token_id = ids_of(v2, "eos_token_id")
-    gen.pad_token_id = ids_of(v2, "pad_token_id")
-    gen.bos_token_id = None
-    gen.do_sample = False
-    gen.max_new_tokens = cfg.max_new_tokens
-    model.eval()
+    _greedy_generation(model, v2, cfg.max_new_tokens)
     return model, processor
 
 
