@@ -373,3 +373,28 @@ def test_generate_stage_records_api_usage_beside_the_data(tmp_path):
     assert usage["expert"]["calls"] == 4 and usage["expert"]["prompt_tokens"] > 0
     assert usage["expert"]["cost_usd"] > 0
     assert manifest["rows"] == 4  # every expert answer was "satisfied": one turn each
+
+
+def test_evaluate_stage_records_api_judge_usage(tmp_path):
+    """evaluate with an API judge: its calls and tokens are in summary.json; the synthetic expert has none."""
+    import json
+
+    from editthinker.models.tiny_vlm import build_thinker, save_thinker
+    from editthinker.stages import evaluate
+
+    scores = json.dumps({"editing_success": 8, "over_editing": 9, "naturalness": 9, "artifacts": 10, "reason": "ok"})
+    model, processor = build_thinker(ThinkerModelConfig(hidden_size=32, num_heads=2, max_new_tokens=8), seed=0)
+    save_thinker(model, processor, tmp_path / "ckpt")
+    with StubOpenAIServer([], default=Answer(scores)) as srv:
+        judge = api_cfg("judge", srv.base_url, tmp_path)
+        params = parse_params(
+            {
+                "judge": judge.model_dump(mode="json"),
+                "thinker": {"hidden_size": 32, "num_heads": 2, "max_new_tokens": 8},
+                "evaluate": {"num_tasks": 2, "max_turns": 2},
+            }
+        )
+        summary = evaluate.run(params, tmp_path / "ckpt", tmp_path / "ckpt", tmp_path / "eval")
+    usage = summary["api_usage"]
+    assert set(usage) == {"judge"} and usage["judge"]["calls"] > 0 and usage["judge"]["prompt_tokens"] > 0
+    assert json.loads((tmp_path / "eval/summary.json").read_text())["api_usage"] == usage

@@ -18,7 +18,7 @@ from editthinker.config import Params
 from editthinker.lineage import make_lineage
 from editthinker.loop import Episode, EpisodeStart, run_episodes
 from editthinker.roles import Thinker
-from editthinker.stages.generate import world_tasks
+from editthinker.stages.generate import api_usage, world_tasks
 from editthinker.storage import atomic_dir, write_json
 from editthinker.world.scene import render_png
 
@@ -132,6 +132,7 @@ def run(params: Params, sft_checkpoint: Path, rl_checkpoint: Path, out_dir: Path
         "challenger": {k: challenger[k] for k in ("success_rate", "overall", "semantic", "quality")},
         "lift_over_editor_alone": {k: challenger[k] - systems[BASELINE]["all"][k] for k in ("success_rate", "overall")},
         "lineage": make_lineage("evaluate", params, SECTIONS, inputs, models),
+        "api_usage": api_usage(expert=thinkers["editor+expert"], judge=judge),
     }
     with atomic_dir(out_dir) as tmp:
         write_json(tmp / "summary.json", summary)
