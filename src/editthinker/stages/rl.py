@@ -18,7 +18,7 @@ from editthinker.config import Params
 from editthinker.models.tiny_vlm import load_thinker
 from editthinker.records import iter_rows
 from editthinker.rewards import REWARDS, make_context, trl_reward_func, weights_of
-from editthinker.stages.sft import LogHistory, save_checkpoint, series, thinker_dataset, train_timed
+from editthinker.stages.sft import LogHistory, run_settings, save_checkpoint, series, thinker_dataset, train_timed
 
 # the step-sample columns the rewards read (they reach the reward functions as keyword arguments)
 REWARD_COLUMNS = ("editor", "seed", "source_png", "original_instruction", "previous_instruction", "target_scene",
@@ -52,13 +52,7 @@ def run(params: Params, rl_data: Path, sft_checkpoint: Path, out_dir: Path) -> d
             reward_weights=[weights[n] for n in names],
             seed=cfg.seed,
             data_seed=cfg.seed,
-            activation_checkpointing=False,  # (the non-deprecated name of gradient_checkpointing)
-            use_cpu=not torch.cuda.is_available(),  # GPUs when present (accelerate launch), else the CPU
-            bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-            logging_steps=1,
-            save_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
+            **run_settings(),
             log_completions=False,
             dataloader_num_workers=0,
         )

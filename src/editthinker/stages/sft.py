@@ -70,6 +70,20 @@ class LogHistory(TrainerCallback):
             self.logs.append({"step": state.global_step, **numbers})
 
 
+def run_settings() -> dict[str, Any]:
+    """Trainer arguments both training stages share: the device, precision, logging and no checkpoints."""
+    cuda = torch.cuda.is_available()
+    return {
+        "activation_checkpointing": False,  # (the non-deprecated name of gradient_checkpointing)
+        "use_cpu": not cuda,  # GPUs when present (accelerate launch), else the CPU
+        "bf16": cuda and torch.cuda.is_bf16_supported(),
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+    }
+
+
 def train_timed(trainer: Any) -> tuple[Any, dict[str, Any]]:
     """Train with one progress bar (no per-step printout); the result and the run's step/time figures."""
     trainer.remove_callback(PrinterCallback)
@@ -120,13 +134,7 @@ def run(params: Params, sft_data: Path, out_dir: Path) -> dict[str, Any]:
             data_seed=cfg.seed,
             completion_only_loss=True,
             max_length=None,
-            activation_checkpointing=False,  # (the non-deprecated name of gradient_checkpointing)
-            use_cpu=not torch.cuda.is_available(),  # GPUs when present (accelerate launch), else the CPU
-            bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-            logging_steps=1,
-            save_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
+            **run_settings(),
             dataloader_num_workers=0,
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
