@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from typing import Any
 
 _THINKER_RE = re.compile(
     r"^\s*<think>(?P<think>.*?)</think>\s*<score>(?P<score>.*?)</score>\s*<answer>(?P<answer>.*?)</answer>\s*$",
@@ -96,19 +97,25 @@ def format_expert_answer(is_satisfied: bool, reason: str, new_rewritten_prompt: 
     )
 
 
-def parse_expert_answer(raw: str) -> Verdict:
-    """Strict parse of the expert's JSON (a ```json fence around it is tolerated)."""
+def load_json_object(raw: str, what: str) -> dict[str, Any]:
+    """The JSON object in a model's answer (a ```json fence around it is tolerated); FormatError otherwise."""
     text = raw.strip()
     fence = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", text, re.DOTALL)
     if fence:
         text = fence.group(1)
     try:
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise FormatError(f"expert answer is not JSON: {exc.msg}") from exc
-        if not isinstance(d, dict):
-            raise FormatError("expert answer is not a JSON object")
+        d = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise FormatError(f"{what} is not JSON: {exc.msg}") from exc
+    if not isinstance(d, dict):
+        raise FormatError(f"{what} is not a JSON object")
+    return d
+
+
+def parse_expert_answer(raw: str) -> Verdict:
+    """Strict parse of the expert's JSON (a ```json fence around it is tolerated)."""
+    try:
+        d = load_json_object(raw, "expert answer")
         sat = d.get("is_satisfied")
         if not isinstance(sat, bool):
             raise FormatError("is_satisfied is missing or not a boolean")

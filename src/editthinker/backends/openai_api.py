@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass, field, fields
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from editthinker.config import JudgeConfig, OpenAIAPIConfig
-from editthinker.protocol import FormatError, Verdict, parse_expert_answer
+from editthinker.protocol import FormatError, Verdict, load_json_object, parse_expert_answer
 from editthinker.roles import JudgeScore, ThinkRequest
 
 log = logging.getLogger(__name__)
@@ -395,16 +394,7 @@ def parse_judge_answer(raw: str) -> JudgeScore:
     SC = min(editing_success, over_editing), PQ = min(naturalness, artifacts), as VIEScore takes the minimum
     of its sub-scores. Raises FormatError naming what is wrong.
     """
-    text = raw.strip()
-    fence = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", text, re.DOTALL)
-    if fence:
-        text = fence.group(1)
-    try:
-        d = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise FormatError(f"judge answer is not JSON: {exc.msg}") from exc
-    if not isinstance(d, dict):
-        raise FormatError("judge answer is not a JSON object")
+    d = load_json_object(raw, "judge answer")
     vals = {}
     for k in _JUDGE_KEYS:
         v = d.get(k)
