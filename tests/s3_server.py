@@ -72,3 +72,21 @@ def loopback_s3(atomic_writes: bool = True) -> Iterator[str]:
         yield server.endpoint_url
     finally:
         server.stop()
+
+
+def isolated_bucket(endpoint: str, monkeypatch, tmp_path, key_id: str, secret: str, prefix: str) -> str:
+    """Make boto3 see only these dummy credentials (no profile, config or token from the host) and create
+    a fresh bucket on the loopback server; return its name."""
+    import uuid
+
+    import boto3
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    bucket = f"{prefix}-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    return bucket

@@ -9,17 +9,15 @@ concurrent promotions on several "hosts" (threads, each with its own boto3 clien
 from __future__ import annotations
 
 import threading
-import uuid
 from pathlib import Path
 
-import boto3
 import pytest
 
 from editthinker.config import Params, parse_params
 from editthinker.lineage import hash_path
 from editthinker.registry import Registry, S3Registry, open_registry, parse_s3_uri
 from editthinker.stages import promote
-from s3_server import loopback_s3
+from s3_server import isolated_bucket, loopback_s3
 from test_promote import make_checkpoint, make_eval
 
 KEY_ID = "AKIDPROMOTES3KEY0077"
@@ -34,14 +32,7 @@ def endpoint():
 
 @pytest.fixture
 def uri(endpoint, monkeypatch, tmp_path) -> str:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_PROFILE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    bucket = f"reg-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    bucket = isolated_bucket(endpoint, monkeypatch, tmp_path, KEY_ID, SECRET, "reg")
     return f"s3://{bucket}/team/registry"
 
 

@@ -11,10 +11,8 @@ from __future__ import annotations
 import json
 import os
 import threading
-import uuid
 from pathlib import Path
 
-import boto3
 import pytest
 from boto3.s3.transfer import TransferConfig
 
@@ -22,7 +20,7 @@ from editthinker.config import ConfigError, S3Config, parse_params
 from editthinker.records import read_manifest
 from editthinker.stages import generate
 from editthinker.storage_s3 import ArtifactConflict, ArtifactNotFound, S3Store, dvc_remote_commands, file_index
-from s3_server import loopback_s3
+from s3_server import isolated_bucket, loopback_s3
 
 KEY_ID = "AKIDTESTS3KEYID0042"
 SECRET = "s3cr3t-ZX8qv2-never-written-anywhere"
@@ -38,14 +36,7 @@ def endpoint():
 
 @pytest.fixture
 def cfg(endpoint, monkeypatch, tmp_path):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_PROFILE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    bucket = f"et-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    bucket = isolated_bucket(endpoint, monkeypatch, tmp_path, KEY_ID, SECRET, "et")
     return S3Config(endpoint_url=endpoint, bucket=bucket, prefix="/factory/", region="us-east-1")
 
 

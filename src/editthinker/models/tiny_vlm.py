@@ -16,6 +16,7 @@ import io
 import itertools
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -196,6 +197,30 @@ def _mrope_section(head_dim: int) -> list[int]:
     return [t, h, half - t - h]
 
 
+def _text_config(cfg: ThinkerModelConfig, eos: int, pad: int, interleaved: bool) -> dict[str, Any]:
+    """The language model's sizes and M-RoPE, shared by the Qwen2.5-VL and Qwen3-VL thinkers."""
+    rope: dict[str, Any] = {
+        "rope_type": "default",
+        "rope_theta": 10000.0,
+        "mrope_section": _mrope_section(cfg.hidden_size // cfg.num_heads),
+    }
+    if interleaved:  # Qwen3-VL interleaves the M-RoPE sections
+        rope["mrope_interleaved"] = True
+    return {
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.hidden_size * 3,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_heads,
+        "max_position_embeddings": 1024,
+        "rope_parameters": rope,
+        "bos_token_id": None,
+        "eos_token_id": eos,
+        "pad_token_id": pad,
+    }
+
+
 def model_config(cfg: ThinkerModelConfig, tokenizer: PreTrainedTokenizerFast) -> Qwen2_5_VLConfig:
     if cfg.hidden_size % cfg.num_heads or (cfg.hidden_size // cfg.num_heads) % 2:
         raise ValueError("thinker.hidden_size must be a multiple of 2 * thinker.num_heads")
@@ -206,23 +231,7 @@ def model_config(cfg: ThinkerModelConfig, tokenizer: PreTrainedTokenizerFast) ->
     if vision_hidden % 4:
         raise ValueError("thinker.vision_hidden_size must be a multiple of 4 (2 heads, even head size)")
     return Qwen2_5_VLConfig(
-        text_config={
-            "vocab_size": cfg.vocab_size,
-            "hidden_size": cfg.hidden_size,
-            "intermediate_size": cfg.hidden_size * 3,
-            "num_hidden_layers": cfg.num_layers,
-            "num_attention_heads": cfg.num_heads,
-            "num_key_value_heads": cfg.num_heads,
-            "max_position_embeddings": 1024,
-            "rope_parameters": {
-                "rope_type": "default",
-                "rope_theta": 10000.0,
-                "mrope_section": _mrope_section(cfg.hidden_size // cfg.num_heads),
-            },
-            "bos_token_id": None,
-            "eos_token_id": ids["<|im_end|>"],
-            "pad_token_id": ids["<|endoftext|>"],
-        },
+        text_config=_text_config(cfg, ids["<|im_end|>"], ids["<|endoftext|>"], interleaved=False),
         vision_config={
             "depth": cfg.vision_layers,
             "hidden_size": vision_hidden,
@@ -283,23 +292,8 @@ def build_qwen3_thinker(
     grid = IMAGE_SIDE // PATCH  # patches per side of one image
     config = Qwen3VLConfig(
         text_config={
-            "vocab_size": cfg.vocab_size,
-            "hidden_size": cfg.hidden_size,
-            "intermediate_size": cfg.hidden_size * 3,
-            "num_hidden_layers": cfg.num_layers,
-            "num_attention_heads": cfg.num_heads,
-            "num_key_value_heads": cfg.num_heads,
+            **_text_config(cfg, ids_of(v2, "eos_token_id"), ids_of(v2, "pad_token_id"), interleaved=True),
             "head_dim": head_dim,
-            "max_position_embeddings": 1024,
-            "rope_parameters": {
-                "rope_type": "default",
-                "rope_theta": 10000.0,
-                "mrope_section": _mrope_section(head_dim),
-                "mrope_interleaved": True,
-            },
-            "bos_token_id": None,
-            "eos_token_id": ids_of(v2, "eos_token_id"),
-            "pad_token_id": ids_of(v2, "pad_token_id"),
         },
         vision_config={
             "depth": cfg.vision_layers,
