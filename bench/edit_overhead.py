@@ -22,7 +22,8 @@ from tests.tiny_editors import save_tiny  # noqa: E402
 
 from editthinker import single_edit  # noqa: E402
 from editthinker.config import ThinkerModelConfig, parse_params  # noqa: E402
-from editthinker.models.tiny_vlm import build_thinker, save_thinker  # noqa: E402
+from editthinker.models.tiny_vlm import MODEL_KIND, build_tiny_thinker  # noqa: E402
+from editthinker.models.vlm import save_thinker  # noqa: E402
 from editthinker.world.scene import render_png  # noqa: E402
 from editthinker.world.tasks import make_task  # noqa: E402
 
@@ -37,8 +38,8 @@ def main() -> None:
             {"name": kind, "kind": "diffusers", "pipeline": kind, "model": str(tmp / kind), "num_inference_steps": 2}
         )
     params = parse_params({"editors": editors})
-    model, processor = build_thinker(ThinkerModelConfig(hidden_size=64, num_heads=4, max_new_tokens=32), seed=1)
-    save_thinker(model, processor, tmp / "thinker")
+    model, processor = build_tiny_thinker(ThinkerModelConfig(hidden_size=64, num_heads=4, max_new_tokens=32), seed=1)
+    save_thinker(model, processor, tmp / "thinker", MODEL_KIND)
     tasks = [make_task(77, i, 2, 4, {"vague": 1.0}) for i in range(4)]
     head = ("editor", "thinker", "edits", "loop s/edit", "model s/edit", "overhead ms/edit", "overhead %")
     print(f"{head[0]:18} {head[1]:8} {head[2]:>5} {head[3]:>12} {head[4]:>13} {head[5]:>17} {head[6]:>10}")

@@ -11,7 +11,7 @@ from PIL import Image
 from tests.tiny_editors import save_tiny
 
 from editthinker.backends.diffusers_editors import PIPELINES, DiffusersEditor
-from editthinker.backends.registry import build_editor
+from editthinker.backends.factory import build_editor
 from editthinker.config import ConfigError, DiffusersEditorConfig, EditorConfig, parse_params
 from editthinker.roles import EditRequest
 from editthinker.world.scene import render_png

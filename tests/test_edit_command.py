@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from editthinker.cli import app
 from editthinker.config import ThinkerModelConfig
-from editthinker.models.tiny_vlm import build_thinker, save_thinker
+from editthinker.models.tiny_vlm import MODEL_KIND, build_tiny_thinker
+from editthinker.models.vlm import save_thinker
 from editthinker.world.scene import render_png
 from editthinker.world.tasks import make_task
 
@@ -69,8 +70,8 @@ def test_editor_alone_single_turn_without_judge(task_files):
 
 def test_edit_with_trained_thinker_checkpoint(task_files):
     tmp_path, task = task_files
-    model, processor = build_thinker(ThinkerModelConfig(hidden_size=64, num_heads=4, max_new_tokens=12), seed=1)
-    save_thinker(model, processor, tmp_path / "thinker")
+    model, processor = build_tiny_thinker(ThinkerModelConfig(hidden_size=64, num_heads=4, max_new_tokens=12), seed=1)
+    save_thinker(model, processor, tmp_path / "thinker", MODEL_KIND)
     trace = _edit(tmp_path, task, "--thinker", str(tmp_path / "thinker"), "--max-turns", "2")
     assert trace["thinker"]["name"] == "vlm-thinker" and trace["thinker"]["model_id"].startswith("tiny-qwen2.5-vl@")
     assert trace["turns"][0]["critique"] is not None  # the thinker was asked about turn 1 (random weights: any answer)

@@ -12,8 +12,8 @@ import time
 import httpx
 import pytest
 
+from editthinker.backends.factory import build_editor
 from editthinker.backends.http_editor import EditorServiceError, HttpEditor, make_server
-from editthinker.backends.registry import build_editor
 from editthinker.backends.synthetic import SyntheticEditor
 from editthinker.config import HttpEditorConfig, parse_params
 from editthinker.roles import EditRequest

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from editthinker.backends.factory import build_expert, build_judge
 from editthinker.backends.openai_api import (
     ChatRequest,
     JudgeError,
@@ -30,7 +31,6 @@ from editthinker.backends.openai_api import (
     OpenAIJudge,
     parse_judge_answer,
 )
-from editthinker.backends.registry import build_expert, build_judge
 from editthinker.backends.synthetic import SyntheticEditor, SyntheticJudge
 from editthinker.config import ConfigError, ThinkerModelConfig, parse_params
 from editthinker.loop import EpisodeStart, run_episodes
@@ -286,11 +286,12 @@ def tf_server(tmp_path_factory):
         import uvicorn  # noqa: F401
     except ImportError as exc:  # pragma: no cover
         pytest.skip(f"transformers[serving] extras not installed: {exc}")
-    from editthinker.models.tiny_vlm import build_thinker, save_thinker
+    from editthinker.models.tiny_vlm import MODEL_KIND, build_tiny_thinker
+    from editthinker.models.vlm import save_thinker
 
     path = tmp_path_factory.mktemp("tiny-thinker")
-    model, processor = build_thinker(ThinkerModelConfig(hidden_size=64, num_layers=2, num_heads=4), seed=3)
-    save_thinker(model, processor, path)
+    model, processor = build_tiny_thinker(ThinkerModelConfig(hidden_size=64, num_layers=2, num_heads=4), seed=3)
+    save_thinker(model, processor, path, MODEL_KIND)
     port = _free_port()
     log = open(path / "serve.log", "w")  # noqa: SIM115
     src = str(Path(__file__).resolve().parents[1] / "src")
@@ -379,12 +380,13 @@ def test_evaluate_stage_records_api_judge_usage(tmp_path):
     """evaluate with an API judge: its calls and tokens are in summary.json; the synthetic expert has none."""
     import json
 
-    from editthinker.models.tiny_vlm import build_thinker, save_thinker
+    from editthinker.models.tiny_vlm import MODEL_KIND, build_tiny_thinker
+    from editthinker.models.vlm import save_thinker
     from editthinker.stages import evaluate
 
     scores = json.dumps({"editing_success": 8, "over_editing": 9, "naturalness": 9, "artifacts": 10, "reason": "ok"})
-    model, processor = build_thinker(ThinkerModelConfig(hidden_size=32, num_heads=2, max_new_tokens=8), seed=0)
-    save_thinker(model, processor, tmp_path / "ckpt")
+    model, processor = build_tiny_thinker(ThinkerModelConfig(hidden_size=32, num_heads=2, max_new_tokens=8), seed=0)
+    save_thinker(model, processor, tmp_path / "ckpt", MODEL_KIND)
     with StubOpenAIServer([], default=Answer(scores)) as srv:
         judge = api_cfg("judge", srv.base_url, tmp_path)
         params = parse_params(

@@ -10,13 +10,12 @@ from pydantic import ValidationError
 from transformers import Qwen3VLForConditionalGeneration
 
 from editthinker import single_edit
-from editthinker.backends.registry import build_thinker
+from editthinker.backends.factory import load_vlm_thinker
 from editthinker.backends.vlm_thinker import VLMThinker
 from editthinker.config import Params, ThinkerModelConfig
-from editthinker.models.tiny_vlm import (
-    QWEN3_KIND,
+from editthinker.models.tiny_vlm import QWEN3_KIND, build_tiny_qwen3_thinker
+from editthinker.models.vlm import (
     Qwen3ThinkerProcessor,
-    build_qwen3_thinker,
     checkpoint_id,
     decode_image,
     load_thinker,
@@ -32,7 +31,7 @@ CFG = ThinkerModelConfig(hidden_size=64, num_layers=2, num_heads=4, max_new_toke
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    model, processor = build_qwen3_thinker(CFG, seed=3)
+    model, processor = build_tiny_qwen3_thinker(CFG, seed=3)
     path = tmp_path_factory.mktemp("qwen3")
     save_thinker(model, processor, path, kind=QWEN3_KIND)
     return path, model, processor
@@ -93,7 +92,7 @@ def test_batched_generation_matches_one_by_one(checkpoint):
 
 def test_device_and_dtype_come_from_the_config(checkpoint):
     path = checkpoint[0]
-    thinker = build_thinker(path, CFG.model_copy(update={"dtype": "bfloat16", "infer_batch_size": 3}))
+    thinker = load_vlm_thinker(path, CFG.model_copy(update={"dtype": "bfloat16", "infer_batch_size": 3}))
     assert isinstance(thinker, VLMThinker)
     assert thinker.model.dtype == torch.bfloat16 and thinker.model.device.type == "cpu"
     assert thinker.batch_size == 3

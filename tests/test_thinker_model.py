@@ -9,9 +9,9 @@ import torch
 
 from editthinker.backends.vlm_thinker import VLMThinker
 from editthinker.config import ThinkerModelConfig
-from editthinker.models.tiny_vlm import (
+from editthinker.models.tiny_vlm import MODEL_KIND, build_tiny_thinker
+from editthinker.models.vlm import (
     ThinkerProcessor,
-    build_thinker,
     checkpoint_id,
     decode_image,
     load_thinker,
@@ -40,22 +40,22 @@ def _inputs(processor, n: int = 2):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    model, processor = build_thinker(CFG, seed=3)
+    model, processor = build_tiny_thinker(CFG, seed=3)
     path = tmp_path_factory.mktemp("thinker")
-    save_thinker(model, processor, path)
+    save_thinker(model, processor, path, MODEL_KIND)
     return path, model, processor
 
 
 def test_build_is_deterministic(tmp_path):
-    (m1, p1), (m2, p2) = build_thinker(CFG, seed=3), build_thinker(CFG, seed=3)
+    (m1, p1), (m2, p2) = build_tiny_thinker(CFG, seed=3), build_tiny_thinker(CFG, seed=3)
     s1, s2 = m1.state_dict(), m2.state_dict()
     assert s1.keys() == s2.keys()
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
-    save_thinker(m1, p1, tmp_path / "a")
-    save_thinker(m2, p2, tmp_path / "b")
+    save_thinker(m1, p1, tmp_path / "a", MODEL_KIND)
+    save_thinker(m2, p2, tmp_path / "b", MODEL_KIND)
     for name in ("tokenizer.json", "model.safetensors", "config.json", "processor_config.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
-    m3, _ = build_thinker(CFG, seed=4)
+    m3, _ = build_tiny_thinker(CFG, seed=4)
     assert not torch.equal(m3.state_dict()["lm_head.weight"], s1["lm_head.weight"])
 
 

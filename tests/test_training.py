@@ -9,7 +9,7 @@ import pytest
 from editthinker.backends.synthetic import SyntheticEditor, SyntheticJudge, describe_gap
 from editthinker.config import Params
 from editthinker.lineage import hash_path
-from editthinker.models.tiny_vlm import checkpoint_id
+from editthinker.models.vlm import checkpoint_id
 from editthinker.protocol import format_thinker_answer
 from editthinker.records import STEP_SAMPLE_SCHEMA, read_manifest, write_dataset
 from editthinker.roles import EditRequest, ThinkRequest
@@ -69,7 +69,7 @@ def data(tmp_path_factory):
 
 def test_thinker_dataset_has_prompt_images_and_completion(data):
     from editthinker.records import iter_rows
-    from editthinker.stages.sft import thinker_dataset
+    from editthinker.training import thinker_dataset
 
     samples = list(iter_rows(data / "sft"))
     ds = thinker_dataset(samples[:3], completion=True, keep=("target_semantic",))

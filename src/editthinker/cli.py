@@ -269,8 +269,8 @@ def serve_editor(
     port: int = 8700,
 ) -> None:
     """Serve one editor from params over HTTP (POST /edit, GET /health) for `kind: http` editors."""
+    from editthinker.backends.factory import build_editor
     from editthinker.backends.http_editor import make_server
-    from editthinker.backends.registry import build_editor
 
     p = _params(params)
     cfgs = {e.name: e for e in p.editors}

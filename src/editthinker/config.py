@@ -15,6 +15,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
+from editthinker.backends.diffusers_pipelines import spec_for
+from editthinker.world.tasks import STYLES
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -31,8 +34,6 @@ class WorldConfig(_Strict):
     @field_validator("styles")
     @classmethod
     def _known_styles(cls, v: dict[str, float]) -> dict[str, float]:
-        from editthinker.world.tasks import STYLES
-
         unknown = sorted(set(v) - set(STYLES))
         if unknown:
             raise ValueError(f"unknown instruction styles {unknown}; known: {list(STYLES)}")
@@ -73,8 +74,6 @@ class DiffusersEditorConfig(_Strict):
 
     @model_validator(mode="after")
     def _known_pipeline(self) -> DiffusersEditorConfig:
-        from editthinker.backends.diffusers_editors import spec_for
-
         spec = spec_for(self.pipeline)
         unknown = sorted(set(self.guidance) - set(spec.guidance))
         if unknown:
@@ -209,7 +208,7 @@ class ThinkerModelConfig(_Strict):
     model: str | None = None
 
 
-class SFTConfig(_Strict):
+class SFTParams(_Strict):
     # a from-scratch tiny model learns to copy/rewrite instructions by number of updates, not batch size:
     # many small steps (~70-90 s on one CPU core for a few hundred samples)
     max_steps: int = Field(1000, ge=1)
@@ -227,7 +226,7 @@ class RewardWeights(_Strict):
     edit: float = 0.5
 
 
-class RLConfig(_Strict):
+class RLParams(_Strict):
     max_steps: int = Field(50, ge=1)  # ~20 s on one CPU core at batch 8 (2 prompts x 4 completions)
     learning_rate: float = Field(1e-4, gt=0)
     batch_size: int = Field(8, ge=1)
@@ -398,8 +397,8 @@ class Params(_Strict):
     filter: FilterConfig = FilterConfig()
     split: SplitConfig = SplitConfig()
     thinker: ThinkerModelConfig = ThinkerModelConfig()
-    sft: SFTConfig = SFTConfig()
-    rl: RLConfig = RLConfig()
+    sft: SFTParams = SFTParams()
+    rl: RLParams = RLParams()
     evaluate: EvaluateConfig = EvaluateConfig()
     promote: PromoteConfig = PromoteConfig()
     kubernetes: KubernetesConfig = KubernetesConfig()

@@ -13,6 +13,7 @@ from typing import Any
 
 from editthinker import __version__
 from editthinker.config import Params
+from editthinker.storage import sha256_file
 
 LINEAGE_FILE = "lineage.json"
 # Files that describe an artifact rather than make it up: excluded from its content hash, so the same
@@ -45,7 +46,7 @@ def hash_path(path: Path) -> str:
     )
     for p in files:
         h.update(str(p.relative_to(path) if p != path else p.name).encode())
-        h.update(hashlib.sha256(p.read_bytes()).digest())
+        h.update(bytes.fromhex(sha256_file(p)))
     return h.hexdigest()
 
 

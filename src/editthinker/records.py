@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from editthinker.storage import atomic_dir, write_json
+from editthinker.storage import atomic_dir, sha256_file, write_json
 
 TRAJECTORY_SCHEMA = pa.schema(
     [
@@ -72,14 +72,6 @@ STEP_SAMPLE_SCHEMA = pa.schema(
 )
 
 _WRITE_OPTS: dict[str, Any] = dict(compression="zstd", compression_level=3, use_dictionary=True, write_statistics=False)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_dataset(out_dir: Path, rows: Iterable[dict[str, Any]], schema: pa.Schema, rows_per_shard: int,

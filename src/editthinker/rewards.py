@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from editthinker.backends.registry import build_editors, build_judge
+from editthinker.backends.factory import build_editors, build_judge
 from editthinker.config import Params, RewardWeights
 from editthinker.protocol import parse_thinker_answer, same_instruction
 from editthinker.roles import Editor, EditRequest, Judge

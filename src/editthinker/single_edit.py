@@ -12,8 +12,6 @@ from __future__ import annotations
 import html
 import io
 import json
-import shutil
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -21,11 +19,12 @@ from typing import Any
 
 from PIL import Image
 
-from editthinker.backends.registry import build_editor, build_expert, build_judge, build_thinker
+from editthinker.backends.factory import build_editor, build_expert, build_judge, load_vlm_thinker
 from editthinker.config import Params
 from editthinker.loop import Episode, EpisodeStart, run_episodes
 from editthinker.protocol import Verdict
 from editthinker.roles import Editor, EditRequest, Judge, JudgeScore, Thinker, ThinkRequest
+from editthinker.storage import atomic_dir
 
 THINKER_NONE, THINKER_EXPERT, THINKER_MODEL = "none", "expert", "model"
 
@@ -94,14 +93,14 @@ def _thinker(params: Params, spec: str, seed: int) -> Thinker | None:
     if spec == THINKER_MODEL:  # a released thinker: params.thinker.model, a hub id or a folder
         if params.thinker.model is None:
             raise ValueError(f"thinker: {THINKER_MODEL!r} needs params thinker.model (e.g. Qwen/Qwen3-VL-8B-Instruct)")
-        return build_thinker(params.thinker.model, params.thinker)
+        return load_vlm_thinker(params.thinker.model, params.thinker)
     path = Path(spec)
     if not path.is_dir():
         raise FileNotFoundError(
             f"thinker: {spec!r} is neither a checkpoint folder, {THINKER_MODEL!r} (params thinker.model), "
             f"{THINKER_EXPERT!r} nor {THINKER_NONE!r}"
         )
-    return build_thinker(path, params.thinker)
+    return load_vlm_thinker(path, params.thinker)
 
 
 def _judge(params: Params, reference: str | None) -> tuple[Judge | None, str]:
@@ -172,17 +171,9 @@ def _check_out(out: Path) -> None:
 
 def _write(out: Path, files: dict[str, bytes]) -> None:
     _check_out(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         for name, data in files.items():
             (tmp / name).write_bytes(data)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def run(

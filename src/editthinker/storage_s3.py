@@ -22,7 +22,6 @@ Credentials are never arguments, params or file contents here: boto3's default c
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import uuid
@@ -35,7 +34,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
 from editthinker.config import S3Config
-from editthinker.storage import atomic_dir
+from editthinker.storage import atomic_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +57,6 @@ class AliasConflict(RuntimeError):
     """A compare-and-swap kept losing to concurrent writers."""
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(_CHUNK):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _precondition_failed(exc: ClientError) -> bool:
     err = exc.response.get("Error", {})
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
@@ -80,7 +71,7 @@ def file_index(local: Path) -> dict[str, dict[str, Any]]:
     """{relative posix path: {sha256, size}} of every file under a directory."""
     local = Path(local)
     files = sorted(p for p in local.rglob("*") if p.is_file())
-    return {p.relative_to(local).as_posix(): {"sha256": _sha256(p), "size": p.stat().st_size} for p in files}
+    return {p.relative_to(local).as_posix(): {"sha256": sha256_file(p), "size": p.stat().st_size} for p in files}
 
 
 class S3Store:
@@ -178,7 +169,7 @@ class S3Store:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 key = self.key("artifacts", name, marker["upload_id"], rel)
                 self.client.download_file(self.cfg.bucket, key, str(dest), Config=self.transfer)
-                if _sha256(dest) != meta["sha256"]:
+                if sha256_file(dest) != meta["sha256"]:
                     raise OSError(f"s3://{self.cfg.bucket}/{key}: sha256 differs from the artifact's marker")
         return local
 

@@ -4,9 +4,8 @@ Every editor loads its pipeline with `from_pretrained` (safetensors only, `trust
 model id or a local folder, edits the SOURCE image of each request with a `torch.Generator` seeded by the
 request (so a fixed seed gives the same image), and returns PNG bytes of the configured output size.
 
-The table (`PIPELINES`) holds the method's editor settings (FLUX.1 Kontext [dev]: 28 steps, guidance 2.5;
-Qwen-Image-Edit: 50 steps, true CFG 5.0) and the model cards' for the others. It is plain data with no heavy
-imports, so `config` can validate params against it; torch and diffusers are imported when an editor is built.
+Per-pipeline defaults come from `backends.diffusers_pipelines` (plain data); torch and diffusers are imported
+when an editor is built.
 """
 
 from __future__ import annotations
@@ -15,8 +14,9 @@ import functools
 import importlib.util
 import io
 import json
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from editthinker.backends.diffusers_pipelines import spec_for
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -25,64 +25,7 @@ if TYPE_CHECKING:
     from editthinker.roles import EditRequest
 
 
-@dataclass(frozen=True)
-class PipelineSpec:
-    cls: str  # the diffusers pipeline class
-    model_id: str  # the real model's hub id (the default of `model`)
-    steps: int
-    guidance: dict[str, float]  # guidance call arguments and their defaults (params may override these only)
-    batchable: bool = True  # a list of (prompt, image) pairs is a batch (not one multi-image edit)
-    extra: dict[str, Any] = field(default_factory=dict)  # fixed call arguments
-    needs_torchvision: bool = False  # diffusers imports the pipeline's image processing from torchvision
-
-
-PIPELINES: dict[str, PipelineSpec] = {
-    # the method's settings: 28 steps, guidance 2.5 (paper at 1024^2; set width/height to 1024)
-    "flux-kontext": PipelineSpec(
-        "FluxKontextPipeline", "black-forest-labs/FLUX.1-Kontext-dev", 28, {"guidance_scale": 2.5}
-    ),
-    # the method's settings: 50 steps, true CFG 5.0 (true CFG needs a negative prompt; " " as in the model card)
-    "qwen-image-edit": PipelineSpec(
-        "QwenImageEditPipeline",
-        "Qwen/Qwen-Image-Edit",
-        50,
-        {"true_cfg_scale": 5.0},
-        batchable=False,
-        extra={"negative_prompt": " "},
-    ),
-    # the multi-image variant: `image` is a list of images for ONE edit, so requests run one by one
-    "qwen-image-edit-plus": PipelineSpec(
-        "QwenImageEditPlusPipeline",
-        "Qwen/Qwen-Image-Edit-2509",
-        50,
-        {"true_cfg_scale": 4.0},
-        batchable=False,
-        extra={"negative_prompt": " "},
-    ),
-    # the pipeline's own defaults (100 steps, text guidance 7.5, image guidance 1.5)
-    "instruct-pix2pix": PipelineSpec(
-        "StableDiffusionInstructPix2PixPipeline",
-        "timbrooks/instruct-pix2pix",
-        100,
-        {"guidance_scale": 7.5, "image_guidance_scale": 1.5},
-    ),
-    # OmniGen v1's editing example: guidance 2.0, image guidance 1.6; the prompt names the image
-    "omnigen": PipelineSpec(
-        "OmniGenPipeline",
-        "Shitao/OmniGen-v1-diffusers",
-        50,
-        {"guidance_scale": 2.0, "img_guidance_scale": 1.6},
-        batchable=False,
-        needs_torchvision=True,
-    ),
-}
 OMNIGEN_IMAGE_TAG = "<img><|image_1|></img>"
-
-
-def spec_for(pipeline: str) -> PipelineSpec:
-    if pipeline not in PIPELINES:
-        raise ValueError(f"unknown diffusers pipeline {pipeline!r}; known: {sorted(PIPELINES)}")
-    return PIPELINES[pipeline]
 
 
 @functools.cache

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from transformers.cli.serve import Serve
 
-    import editthinker.models.tiny_vlm  # noqa: F401  (registers the thinker's processor with AutoProcessor)
+    import editthinker.models.vlm  # noqa: F401  (registers the tiny thinkers' processors with AutoProcessor)
 
     Serve(
         force_model=args.model,

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from editthinker.config import ThinkerModelConfig
-from editthinker.models.tiny_vlm import checkpoint_id, decode_image, load_thinker, thinker_messages
+from editthinker.models.vlm import checkpoint_id, decode_image, load_thinker, thinker_messages
 from editthinker.protocol import Verdict, parse_thinker_answer
 from editthinker.roles import ThinkRequest
 

@@ -6,45 +6,34 @@ chat and vision special tokens of Qwen2.5-VL. Images are 64x64 scenes resized to
 patches merged 2x2, so each image is 9 tokens, one per grid cell of the scene.
 
 The checkpoint is a standard `qwen2_5_vl` model and a processor class registered with AutoProcessor, so
-`load_thinker` takes the same from_pretrained path a real model id would.
+`models.vlm.load_thinker` takes the same from_pretrained path a real model id would.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import itertools
-import json
-from pathlib import Path
 from typing import Any
 
-import torch
-from PIL import Image
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
-    AutoModelForImageTextToText,
-    AutoProcessor,
     PreTrainedModel,
     PreTrainedTokenizerFast,
-    ProcessorMixin,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
-    Qwen2_5_VLProcessor,
     Qwen2VLImageProcessorPil,
     Qwen3VLConfig,
     Qwen3VLForConditionalGeneration,
-    Qwen3VLProcessor,
     set_seed,
 )
 
 from editthinker.config import ThinkerModelConfig
+from editthinker.models.vlm import Qwen3ThinkerProcessor, ThinkerProcessor, prompt_text
 from editthinker.protocol import format_thinker_answer
 from editthinker.world import language as lang
 from editthinker.world.scene import BACKGROUNDS, COLOURS, POSITIONS, SHAPE_COLOURS, SHAPES, SIZES
 
 MODEL_KIND = "tiny-qwen2.5-vl"
 QWEN3_KIND = "tiny-qwen3-vl"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 IMAGE_SIDE = 48  # 64x64 scenes are resized to this: 3x3 merged tokens, one per scene cell
 PATCH, MERGE = 8, 2
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -61,28 +50,6 @@ CHAT_TEMPLATE = (
     "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-
-
-class ThinkerProcessor(Qwen2_5_VLProcessor):
-    """Qwen2.5-VL's processor without the video processor (which would need torchvision)."""
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
-
-
-# A string key: registering under Qwen2_5_VLConfig would be silently skipped (it is a transformers class),
-# and would remap real Qwen2.5-VL checkpoints. This only makes the class findable by its saved name.
-AutoProcessor.register("editthinker_tiny_qwen2_5_vl", ThinkerProcessor, exist_ok=True)
-
-
-class Qwen3ThinkerProcessor(Qwen3VLProcessor):
-    """Qwen3-VL's processor without the video processor (which would need torchvision); same registration."""
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
-
-
-AutoProcessor.register("editthinker_tiny_qwen3_vl", Qwen3ThinkerProcessor, exist_ok=True)
 
 
 # -- corpus and tokenizer ------------------------------------------------------------------------------
@@ -163,32 +130,6 @@ def build_processor(vocab_size: int) -> ThinkerProcessor:
                             chat_template=CHAT_TEMPLATE)  # fmt: skip
 
 
-def prompt_text(original_instruction: str, previous_instruction: str) -> str:
-    return f"original: {original_instruction}\nprevious: {previous_instruction}"
-
-
-def thinker_messages(original_instruction: str, previous_instruction: str) -> list[dict]:
-    """The thinker's prompt, shared by training and inference: the two images (I_src, I_edit^{t-1}), then text.
-
-    Image parts are placeholders; the images travel separately (trl's `images` column, or the processor call).
-    """
-    return [
-        {
-            "role": "user",
-            "content": [
-                {"type": "image"},
-                {"type": "image"},
-                {"type": "text", "text": prompt_text(original_instruction, previous_instruction)},
-            ],
-        }
-    ]
-
-
-def decode_image(png: bytes) -> Image.Image:
-    with Image.open(io.BytesIO(png)) as im:
-        return im.convert("RGB")
-
-
 # -- model ---------------------------------------------------------------------------------------------
 def _mrope_section(head_dim: int) -> list[int]:
     half = head_dim // 2  # the sections must sum to head_dim / 2
@@ -256,7 +197,9 @@ def ids_of(config: Qwen2_5_VLConfig, name: str) -> int:
     return int(getattr(config.text_config, name))
 
 
-def build_thinker(cfg: ThinkerModelConfig, seed: int) -> tuple[Qwen2_5_VLForConditionalGeneration, ThinkerProcessor]:
+def build_tiny_thinker(
+    cfg: ThinkerModelConfig, seed: int
+) -> tuple[Qwen2_5_VLForConditionalGeneration, ThinkerProcessor]:
     """A freshly initialised thinker and its processor; same config and seed give identical weights and files."""
     processor = build_processor(cfg.vocab_size)
     config = model_config(cfg, processor.tokenizer)
@@ -277,7 +220,7 @@ def _greedy_generation(model: PreTrainedModel, ids_from: Qwen2_5_VLConfig, max_n
     model.eval()
 
 
-def build_qwen3_thinker(
+def build_tiny_qwen3_thinker(
     cfg: ThinkerModelConfig, seed: int
 ) -> tuple[Qwen3VLForConditionalGeneration, Qwen3ThinkerProcessor]:
     """A freshly initialised tiny Qwen3-VL (same tokenizer, image processor and prompt as the Qwen2.5-VL one).
@@ -316,51 +259,4 @@ def build_qwen3_thinker(
     set_seed(seed)
     model = Qwen3VLForConditionalGeneration(config).float()
     _greedy_generation(model, v2, cfg.max_new_tokens)
-    return model, processor
-
-
-def save_thinker(model, processor, path: Path, kind: str = MODEL_KIND) -> None:
-    """Write model (safetensors), processor and tokenizer files into `path`."""
-    path = Path(path)
-    model.save_pretrained(path, safe_serialization=True)
-    processor.save_pretrained(path)
-    (path / "thinker.json").write_text(json.dumps({"kind": kind}, indent=2, sort_keys=True) + "\n")
-
-
-def checkpoint_id(path: Path | str) -> str:
-    """Names the exact checkpoint: `<kind>@<sha256 prefix of the weights>` for a local folder (the weights
-    file, or the shard index of a sharded one; kind from thinker.json, else the config's model_type), the
-    id itself for anything else (a hub id such as Qwen/Qwen3-VL-8B-Instruct)."""
-    folder = Path(path)
-    if not folder.is_dir():
-        return str(path)
-    weights = folder / "model.safetensors"
-    if not weights.is_file():
-        weights = folder / "model.safetensors.index.json"
-    h = hashlib.sha256(weights.read_bytes()).hexdigest()
-    meta = folder / "thinker.json"
-    if meta.is_file():
-        kind = str(json.loads(meta.read_text())["kind"])
-    else:
-        kind = str(json.loads((folder / "config.json").read_text()).get("model_type", "vlm"))
-    return f"{kind}@{h[:12]}"
-
-
-def load_thinker(
-    path: Path | str, device: str = "cpu", dtype: str = "float32"
-) -> tuple[PreTrainedModel, ProcessorMixin]:
-    """Any image-text-to-text checkpoint (a folder the stages wrote, or a model id such as a Qwen2.5-VL or
-    Qwen3-VL release) through AutoModelForImageTextToText + AutoProcessor; safetensors, no remote code.
-
-    `device` is "cpu" or "cuda[:N]"; `dtype` one of DTYPES (real releases: "bfloat16" on a GPU)."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
-    model = AutoModelForImageTextToText.from_pretrained(
-        path, trust_remote_code=False, use_safetensors=True, dtype=DTYPES[dtype]
-    )
-    model = model.to(torch.device(device))  # type: ignore[arg-type]
-    processor = AutoProcessor.from_pretrained(path, trust_remote_code=False)
-    if not hasattr(processor, "image_processor"):  # AutoProcessor silently falls back to a bare tokenizer
-        raise TypeError(f"{path}: AutoProcessor gave {type(processor).__name__}, which reads no images")
-    model.eval()
     return model, processor

@@ -13,14 +13,15 @@ from typing import Any
 
 from scipy.stats import binomtest
 
-from editthinker.backends.registry import build_editors, build_expert, build_judge, build_thinker
+from editthinker.backends.factory import build_editors, build_expert, build_judge, load_vlm_thinker
 from editthinker.config import Params
 from editthinker.lineage import make_lineage
 from editthinker.loop import Episode, EpisodeStart, run_episodes
 from editthinker.roles import Thinker
-from editthinker.stages.generate import api_usage, world_tasks
 from editthinker.storage import atomic_dir, write_json
+from editthinker.usage import api_usage
 from editthinker.world.scene import render_png
+from editthinker.world.tasks import make_tasks
 
 SECTIONS = ("world", "editors", "expert", "judge", "thinker", "evaluate")
 CHALLENGER = "editor+rl"
@@ -103,13 +104,14 @@ def run(params: Params, sft_checkpoint: Path, rl_checkpoint: Path, out_dir: Path
     thinkers: dict[str, Thinker | None] = {
         BASELINE: None,
         "editor+expert": build_expert(params.expert, ev.seed),
-        "editor+sft": build_thinker(sft_checkpoint, params.thinker),
-        CHALLENGER: build_thinker(rl_checkpoint, params.thinker),
+        "editor+sft": load_vlm_thinker(sft_checkpoint, params.thinker),
+        CHALLENGER: load_vlm_thinker(rl_checkpoint, params.thinker),
     }
-    tasks = world_tasks(params, ev.seed, ev.num_tasks)
+    w = params.world
+    tasks = make_tasks(ev.seed, range(ev.num_tasks), w.min_shapes, w.max_shapes, w.styles)
     starts = [
-        EpisodeStart(t.task_id, render_png(t.source, params.world.image_size), t.instruction, i, t.target.to_json())
-        for i, t in enumerate(tasks)
+        EpisodeStart(t.task_id, render_png(t.source, w.image_size), t.instruction, i, t.target.to_json())
+        for i, t in tasks.items()
     ]
     systems: dict[str, dict[str, dict[str, Any]]] = {}
     curves: dict[str, list[float]] = {}

@@ -8,21 +8,17 @@ from typing import Any
 
 from tqdm import tqdm
 
-from editthinker.backends.registry import build_editors, build_expert, build_judge
+from editthinker.backends.factory import build_editors, build_expert, build_judge
 from editthinker.config import Params
 from editthinker.lineage import make_lineage
 from editthinker.loop import Episode, EpisodeStart, run_episodes
 from editthinker.records import TRAJECTORY_SCHEMA, iter_rows, read_manifest, write_dataset
+from editthinker.usage import Usage, api_usage, sum_usage
 from editthinker.world.scene import render_png
-from editthinker.world.tasks import Task, make_task
+from editthinker.world.tasks import Task, make_tasks
 
 SECTIONS = ("world", "editors", "expert", "judge", "generate")
 CHUNK = 64  # episodes run in lockstep, so batched backends batch
-
-
-def world_tasks(params: Params, seed: int, count: int) -> list[Task]:
-    w = params.world
-    return [make_task(seed, i, w.min_shapes, w.max_shapes, w.styles) for i in range(count)]
 
 
 def trajectory_rows(task: Task, editor: str, episode: Episode) -> Iterator[dict[str, Any]]:
@@ -54,9 +50,6 @@ def trajectory_rows(task: Task, editor: str, episode: Episode) -> Iterator[dict[
         }
 
 
-Usage = dict[str, dict[str, float]]
-
-
 def _generate_rows(params: Params, indices: range) -> tuple[list[dict[str, Any]], dict[str, str], Usage]:
     """Trajectory rows of the world tasks at `indices`, sorted, the model ids that made them and API usage.
 
@@ -69,7 +62,7 @@ def _generate_rows(params: Params, indices: range) -> tuple[list[dict[str, Any]]
     judge = build_judge(params.judge)
     names = list(editors)
     w = params.world
-    tasks = {i: make_task(g.seed, i, w.min_shapes, w.max_shapes, w.styles) for i in indices}
+    tasks = make_tasks(g.seed, indices, w.min_shapes, w.max_shapes, w.styles)
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=len(indices), desc="generate", unit="traj", disable=None)
     for name in names:
@@ -92,21 +85,6 @@ def _generate_rows(params: Params, indices: range) -> tuple[list[dict[str, Any]]
     models = {f"editor:{n}": e.model_id for n, e in editors.items()}
     models.update(expert=expert.model_id, judge=judge.model_id)
     return rows, models, api_usage(expert=expert, judge=judge)
-
-
-def api_usage(**roles: object) -> Usage:
-    """Calls, tokens and cost of the roles that call an API (none for synthetic backends). It goes in the
-    manifest beside the data, never into the shards: cache hits change it, the dataset's bytes do not."""
-    return {name: dict(r.usage.as_dict()) for name, r in roles.items() if hasattr(r, "usage")}  # type: ignore[attr-defined]
-
-
-def _sum_usage(parts: list[Usage]) -> Usage:
-    total: Usage = {}
-    for part in parts:
-        for role, counts in part.items():
-            for k, v in counts.items():
-                total.setdefault(role, {})[k] = total.get(role, {}).get(k, 0) + v
-    return total
 
 
 def _write(params: Params, out_dir: Path, rows: list[dict[str, Any]], models: dict[str, str],
@@ -176,4 +154,4 @@ def gather(params: Params, shard_dirs: list[Path], out_dir: Path) -> dict[str, A
     missing = sorted(set(range(params.generate.shards)) - set(seen))
     if missing:
         raise ValueError(f"generate: shards {missing} of {params.generate.shards} are missing")
-    return _write(params, out_dir, rows, models or {}, _sum_usage(usages))
+    return _write(params, out_dir, rows, models or {}, sum_usage(usages))

@@ -15,10 +15,10 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from editthinker.config import Params
-from editthinker.models.tiny_vlm import load_thinker
+from editthinker.models.vlm import load_thinker
 from editthinker.records import iter_rows
 from editthinker.rewards import REWARDS, make_context, trl_reward_func, weights_of
-from editthinker.stages.sft import LogHistory, run_settings, save_checkpoint, series, thinker_dataset, train_timed
+from editthinker.training import LogHistory, run_settings, save_checkpoint, series, thinker_dataset, train_timed
 
 # the step-sample columns the rewards read (they reach the reward functions as keyword arguments)
 REWARD_COLUMNS = ("editor", "seed", "source_png", "original_instruction", "previous_instruction", "target_scene",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -144,3 +145,10 @@ def make_task(seed: int, index: int, min_shapes: int, max_shapes: int, style_wei
     style, text = _phrase(rng, op, scene, style)
     digest = hashlib.sha256(f"{seed}:{index}".encode()).hexdigest()[:12]
     return Task(f"t{seed}-{index:06d}-{digest}", scene, op, apply_op(scene, op), style, text)
+
+
+def make_tasks(
+    seed: int, indices: Iterable[int], min_shapes: int, max_shapes: int, style_weights: dict[str, float]
+) -> dict[int, Task]:
+    """The tasks at `indices` of the world seeded by `seed`, by index (each one `make_task`)."""
+    return {i: make_task(seed, i, min_shapes, max_shapes, style_weights) for i in indices}

@@ -55,7 +55,7 @@ def build_judge(cfg: JudgeConfig) -> Judge:
     raise ValueError(f"judge: unknown judge kind {cfg.kind!r}")
 
 
-def build_thinker(checkpoint: Path | str, cfg: ThinkerModelConfig) -> Thinker:
+def load_vlm_thinker(checkpoint: Path | str, cfg: ThinkerModelConfig) -> Thinker:
     """A VLM thinker: a checkpoint folder or a model id (from_pretrained, safetensors only), run with cfg's
     device, dtype, batch size, decoding length and stop thresholds."""
     from editthinker.backends.vlm_thinker import VLMThinker

@@ -1,0 +1,124 @@
+"""The thinker as a vision-language model: its prompt, and how a checkpoint is saved, named and loaded.
+
+Generic over image-text-to-text models that transformers loads (Qwen2.5-VL, Qwen3-VL, ...): a folder the
+stages wrote or a model id, through AutoModelForImageTextToText + AutoProcessor, safetensors only, no
+remote code. The tiny offline thinkers (models/tiny_vlm.py) are one kind of checkpoint among others.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import torch
+from PIL import Image
+from transformers import (
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    PreTrainedModel,
+    ProcessorMixin,
+    Qwen2_5_VLProcessor,
+    Qwen3VLProcessor,
+)
+
+from editthinker.storage import sha256_file
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+THINKER_FILE = "thinker.json"
+
+
+class ThinkerProcessor(Qwen2_5_VLProcessor):
+    """Qwen2.5-VL's processor without the video processor (which would need torchvision)."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+
+# A string key: registering under Qwen2_5_VLConfig would be silently skipped (it is a transformers class),
+# and would remap real Qwen2.5-VL checkpoints. This only makes the class findable by its saved name.
+AutoProcessor.register("editthinker_tiny_qwen2_5_vl", ThinkerProcessor, exist_ok=True)
+
+
+class Qwen3ThinkerProcessor(Qwen3VLProcessor):
+    """Qwen3-VL's processor without the video processor (which would need torchvision); same registration."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+
+AutoProcessor.register("editthinker_tiny_qwen3_vl", Qwen3ThinkerProcessor, exist_ok=True)
+
+
+def prompt_text(original_instruction: str, previous_instruction: str) -> str:
+    return f"original: {original_instruction}\nprevious: {previous_instruction}"
+
+
+def thinker_messages(original_instruction: str, previous_instruction: str) -> list[dict]:
+    """The thinker's prompt, shared by training and inference: the two images (I_src, I_edit^{t-1}), then text.
+
+    Image parts are placeholders; the images travel separately (trl's `images` column, or the processor call).
+    """
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image"},
+                {"type": "image"},
+                {"type": "text", "text": prompt_text(original_instruction, previous_instruction)},
+            ],
+        }
+    ]
+
+
+def decode_image(png: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(png)) as im:
+        return im.convert("RGB")
+
+
+def save_thinker(model, processor, path: Path, kind: str) -> None:
+    """Write model (safetensors), processor and tokenizer files into `path`; `kind` names the thinker (e.g.
+    tiny-qwen2.5-vl) in THINKER_FILE and so in its checkpoint id."""
+    path = Path(path)
+    model.save_pretrained(path, safe_serialization=True)
+    processor.save_pretrained(path)
+    (path / THINKER_FILE).write_text(json.dumps({"kind": kind}, indent=2, sort_keys=True) + "\n")
+
+
+def checkpoint_id(path: Path | str) -> str:
+    """Names the exact checkpoint: `<kind>@<sha256 prefix of the weights>` for a local folder (the weights
+    file, or the shard index of a sharded one; kind from thinker.json, else the config's model_type), the
+    id itself for anything else (a hub id such as Qwen/Qwen3-VL-8B-Instruct)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return str(path)
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        weights = folder / "model.safetensors.index.json"
+    h = sha256_file(weights)
+    meta = folder / THINKER_FILE
+    if meta.is_file():
+        kind = str(json.loads(meta.read_text())["kind"])
+    else:
+        kind = str(json.loads((folder / "config.json").read_text()).get("model_type", "vlm"))
+    return f"{kind}@{h[:12]}"
+
+
+def load_thinker(
+    path: Path | str, device: str = "cpu", dtype: str = "float32"
+) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Any image-text-to-text checkpoint (a folder the stages wrote, or a model id such as a Qwen2.5-VL or
+    Qwen3-VL release) through AutoModelForImageTextToText + AutoProcessor; safetensors, no remote code.
+
+    `device` is "cpu" or "cuda[:N]"; `dtype` one of DTYPES (real releases: "bfloat16" on a GPU)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
+    model = AutoModelForImageTextToText.from_pretrained(
+        path, trust_remote_code=False, use_safetensors=True, dtype=DTYPES[dtype]
+    )
+    model = model.to(torch.device(device))  # type: ignore[arg-type]
+    processor = AutoProcessor.from_pretrained(path, trust_remote_code=False)
+    if not hasattr(processor, "image_processor"):  # AutoProcessor silently falls back to a bare tokenizer
+        raise TypeError(f"{path}: AutoProcessor gave {type(processor).__name__}, which reads no images")
+    model.eval()
+    return model, processor

@@ -1,0 +1,106 @@
+"""What the two training stages (sft, rl) share: the step samples as a trl dataset, the trainer settings,
+one progress bar and the logged history, and an atomic checkpoint with its lineage and metrics."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import PartialState
+from datasets import Dataset, Image, List
+from tqdm import tqdm
+from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback
+
+from editthinker.config import Params
+from editthinker.lineage import LINEAGE_FILE, make_lineage
+from editthinker.models.vlm import checkpoint_id, save_thinker, thinker_messages
+from editthinker.storage import atomic_dir, write_json
+
+METRICS_FILE = "metrics.json"
+
+
+def thinker_dataset(samples: list[dict[str, Any]], completion: bool, keep: tuple[str, ...] = ()) -> Dataset:
+    """Step samples as a trl dataset: `prompt`, `images` (PNG, decoded lazily), `completion` and `keep` columns."""
+    rows = []
+    for s in samples:
+        row = {
+            "prompt": thinker_messages(s["original_instruction"], s["previous_instruction"]),
+            "images": [{"bytes": s["source_png"], "path": None}, {"bytes": s["previous_png"], "path": None}],
+            **{k: s[k] for k in keep},
+        }
+        if completion:
+            row["completion"] = [{"role": "assistant", "content": s["target_text"]}]
+        rows.append(row)
+    if not rows:
+        raise ValueError("no step samples to train on")
+    return Dataset.from_list(rows).cast_column("images", List(Image()))
+
+
+class LogHistory(TrainerCallback):
+    """Keeps every logged value per step, and shows one progress bar instead of a printed dict per step."""
+
+    def __init__(self, desc: str) -> None:
+        self.logs: list[dict[str, float]] = []
+        self.desc = desc
+        self.bar: tqdm | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.bar = tqdm(total=state.max_steps, desc=self.desc, unit="step", disable=None)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs:
+            numbers = {k: v for k, v in logs.items() if isinstance(v, int | float)}
+            self.logs.append({"step": state.global_step, **numbers})
+
+
+def run_settings() -> dict[str, Any]:
+    """Trainer arguments both training stages share: the device, precision, logging and no checkpoints."""
+    cuda = torch.cuda.is_available()
+    return {
+        "activation_checkpointing": False,  # (the non-deprecated name of gradient_checkpointing)
+        "use_cpu": not cuda,  # GPUs when present (accelerate launch), else the CPU
+        "bf16": cuda and torch.cuda.is_bf16_supported(),
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+    }
+
+
+def train_timed(trainer: Any) -> tuple[Any, dict[str, Any]]:
+    """Train with one progress bar (no per-step printout); the result and the run's step/time figures."""
+    trainer.remove_callback(PrinterCallback)
+    t0 = time.perf_counter()
+    result = trainer.train()
+    wall = time.perf_counter() - t0
+    steps = int(result.global_step)
+    return result, {"steps": steps, "steps_per_second": steps / wall if wall > 0 else None, "wall_seconds": wall}
+
+
+def series(logs: list[dict[str, float]], key: str) -> list[float]:
+    return [float(r[key]) for r in logs if key in r]
+
+
+def save_checkpoint(out_dir: Path, model, processor, stage: str, params: Params, sections: tuple[str, ...],
+                    inputs: dict[str, Path], metrics: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """Write the checkpoint, lineage.json and metrics.json into `out_dir` atomically (under `accelerate
+    launch`, only the main process writes)."""
+    if not PartialState().is_main_process:
+        return metrics
+    with atomic_dir(out_dir) as tmp:
+        save_thinker(model, processor, tmp, params.thinker.kind)
+        metrics = {**metrics, "model_id": checkpoint_id(tmp)}
+        write_json(tmp / LINEAGE_FILE, make_lineage(stage, params, sections, inputs, {"thinker": metrics["model_id"]}))
+        write_json(tmp / METRICS_FILE, metrics)
+    return metrics
