@@ -269,7 +269,7 @@ def serve_editor(
     port: int = 8700,
 ) -> None:
     """Serve one editor from params over HTTP (POST /edit, GET /health) for `kind: http` editors."""
-    from editthinker.backends.http_editor import make_server
+    from editthinker.backends.http_editor import EditorServer, make_app
     from editthinker.backends.registry import build_editor
 
     p = _params(params)
@@ -277,14 +277,9 @@ def serve_editor(
     if editor not in cfgs:
         console.print(f"[red]error:[/red] editor {editor!r} is not in params.editors {sorted(cfgs)}")
         raise typer.Exit(2)
-    server = make_server(build_editor(cfgs[editor], p.world.image_size), host, port)
-    console.print(f"serving editor {editor} on http://{host}:{server.server_address[1]}", highlight=False)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    server = EditorServer(make_app(build_editor(cfgs[editor], p.world.image_size)), host, port)
+    console.print(f"serving editor {editor} on {server.url}", highlight=False)
+    server.run()  # until Ctrl+C / SIGTERM (uvicorn shuts down gracefully)
 
 
 if __name__ == "__main__":
