@@ -270,21 +270,16 @@ def serve_editor(
 ) -> None:
     """Serve one editor from params over HTTP (POST /edit, GET /health) for `kind: http` editors."""
     from editthinker.backends.factory import build_editor
-    from editthinker.backends.http_editor import make_server
+    from editthinker.backends.http_editor import EditorServer, make_app
 
     p = _params(params)
     cfgs = {e.name: e for e in p.editors}
     if editor not in cfgs:
         console.print(f"[red]error:[/red] editor {editor!r} is not in params.editors {sorted(cfgs)}")
         raise typer.Exit(2)
-    server = make_server(build_editor(cfgs[editor], p.world.image_size), host, port)
-    console.print(f"serving editor {editor} on http://{host}:{server.server_address[1]}", highlight=False)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    server = EditorServer(make_app(build_editor(cfgs[editor], p.world.image_size)), host, port)
+    console.print(f"serving editor {editor} on {server.url}", highlight=False)
+    server.run()  # until Ctrl+C / SIGTERM (uvicorn shuts down gracefully)
 
 
 if __name__ == "__main__":

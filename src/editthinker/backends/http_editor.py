@@ -1,4 +1,4 @@
-"""An editor behind HTTP: the client (`HttpEditor`, a roles.Editor) and the server (`serve`, any in-process editor).
+"""An editor behind HTTP: the client (`HttpEditor`, a roles.Editor) and the service (`make_app`, any in-process editor).
 
 Protocol (JSON over HTTP, images as base64 PNG):
 
@@ -6,9 +6,11 @@ Protocol (JSON over HTTP, images as base64 PNG):
                    {"requests": [{"image", "instruction", "seed"}, ...]}     -> {"images": [b64, ...]}
     GET  /health   -> {"name": str, "model_id": str}
 
-The batch form lets the served editor batch its model calls; the client always sends it. Editors that are
-not in-process diffusers pipelines (OmniGen2, anything with its own environment) run behind this protocol.
-The server is the standard library's (ThreadingHTTPServer); one lock serialises the editor's calls.
+Errors answer {"error": str}: 400 for a request the service refuses, 500 when the editor failed (the client
+retries those), 404 for an unknown route. The batch form lets the served editor batch its model calls; the
+client always sends it. Editors that are not in-process diffusers pipelines (OmniGen2, anything with its own
+environment) run behind this protocol. The service is a FastAPI app run by uvicorn (`EditorServer`); one lock
+serialises the editor's calls.
 """
 
 from __future__ import annotations
@@ -17,14 +19,20 @@ import base64
 import binascii
 import io
 import json
+import socket
 import threading
 import time
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from typing import Any
 
 import httpx
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from PIL import Image
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from editthinker.roles import Editor, EditRequest
 
@@ -33,6 +41,10 @@ MAX_BODY = 256 * 1024 * 1024
 
 class EditorServiceError(RuntimeError):
     """The editor service could not edit (after retries, or a request it refused)."""
+
+
+class _Transient(Exception):
+    """A transport error or a 5xx answer: worth another attempt."""
 
 
 def _b64(png: bytes) -> str:
@@ -46,7 +58,8 @@ def _unb64(text: Any) -> bytes:
 
 
 class HttpEditor:
-    """roles.Editor against a service speaking the protocol above; retries transport errors and 5xx answers."""
+    """roles.Editor against a service speaking the protocol above; retries transport errors and 5xx answers
+    `retries` times, waiting backoff_s * 2**k before retry k (k = 0, 1, ...); `sleep` is what waits."""
 
     def __init__(
         self,
@@ -56,6 +69,8 @@ class HttpEditor:
         timeout_s: float = 600.0,
         retries: int = 2,
         backoff_s: float = 1.0,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
     ):
         self.name = name
         self.url = url.rstrip("/")
@@ -63,6 +78,7 @@ class HttpEditor:
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
+        self._sleep = sleep
         self._client = httpx.Client(timeout=timeout_s)
 
     def health(self) -> dict[str, Any]:
@@ -70,25 +86,33 @@ class HttpEditor:
         r.raise_for_status()
         return dict(r.json())
 
+    def _post_once(self, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            r = self._client.post(f"{self.url}/edit", json=body)
+        except httpx.TransportError as exc:
+            raise _Transient(f"{type(exc).__name__}: {exc}") from exc
+        if r.status_code >= 500:
+            raise _Transient(f"HTTP {r.status_code}: {r.text[:300]}")
+        if r.status_code != 200:
+            raise EditorServiceError(
+                f"editor service {self.url} refused the request: HTTP {r.status_code}: {r.text[:300]}"
+            )
+        return dict(r.json())
+
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
-        last = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
-            try:
-                r = self._client.post(f"{self.url}/edit", json=body)
-            except httpx.TransportError as exc:
-                last = f"{type(exc).__name__}: {exc}"
-                continue
-            if r.status_code >= 500:
-                last = f"HTTP {r.status_code}: {r.text[:300]}"
-                continue
-            if r.status_code != 200:
-                raise EditorServiceError(
-                    f"editor service {self.url} refused the request: HTTP {r.status_code}: {r.text[:300]}"
-                )
-            return dict(r.json())
-        raise EditorServiceError(f"editor service {self.url} failed after {self.retries + 1} attempts; last: {last}")
+        retrying = Retrying(
+            stop=stop_after_attempt(self.retries + 1),
+            wait=wait_exponential(multiplier=self.backoff_s),
+            retry=retry_if_exception_type(_Transient),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        try:
+            return retrying(self._post_once, body)
+        except _Transient as exc:
+            raise EditorServiceError(
+                f"editor service {self.url} failed after {self.retries + 1} attempts; last: {exc}"
+            ) from exc
 
     def edit(self, requests: list[EditRequest]) -> list[bytes]:
         if not requests:
@@ -125,56 +149,88 @@ def _parse_request(d: Any) -> EditRequest:
     return EditRequest(image, instruction, seed)
 
 
-def make_server(editor: Editor, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
-    """A server for `editor` (port 0: a free port, see `server.server_address`); call serve_forever()."""
+def make_app(editor: Editor) -> FastAPI:
+    """The editor service for `editor`: POST /edit and GET /health, as in the protocol above."""
     lock = threading.Lock()
+    app = FastAPI(title=f"editor {editor.name}", docs_url=None, redoc_url=None, openapi_url=None)
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        detail = f"no route {request.url.path}" if exc.status_code == 404 else str(exc.detail)
+        return JSONResponse({"error": detail}, status_code=exc.status_code, headers=exc.headers)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
-            pass
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"name": editor.name, "model_id": editor.model_id}
 
-        def _send(self, status: int, payload: dict[str, Any]) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def handle(raw: bytes) -> tuple[int, dict[str, Any]]:
+        try:
+            if not raw or len(raw) > MAX_BODY:
+                raise ValueError("a JSON body is required")
+            body = json.loads(raw)
+            batch = isinstance(body, dict) and "requests" in body
+            items = body["requests"] if batch else [body]
+            if not isinstance(items, list):
+                raise ValueError("requests must be a list")
+            requests = [_parse_request(d) for d in items]
+        except (ValueError, binascii.Error) as exc:
+            return 400, {"error": str(exc)}
+        try:
+            with lock:
+                images = editor.edit(requests)
+        except Exception as exc:  # the editor failed: a 5xx the client may retry
+            return 500, {"error": f"{type(exc).__name__}: {exc}"}
+        encoded = [_b64(i) for i in images]
+        return 200, {"images": encoded} if batch else {"image": encoded[0]}
 
-        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
-            if self.path == "/health":
-                self._send(200, {"name": editor.name, "model_id": editor.model_id})
-            else:
-                self._send(404, {"error": f"no route {self.path}"})
+    @app.post("/edit")
+    async def edit(request: Request) -> JSONResponse:
+        if int(request.headers.get("content-length") or 0) > MAX_BODY:
+            return JSONResponse({"error": f"the body is over {MAX_BODY} bytes"}, status_code=400)
+        status, payload = await run_in_threadpool(handle, await request.body())
+        return JSONResponse(payload, status_code=status)
 
-        def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
-            if self.path != "/edit":
-                self._send(404, {"error": f"no route {self.path}"})
-                return
-            try:
-                n = int(self.headers.get("Content-Length", "0"))
-                if n <= 0 or n > MAX_BODY:
-                    raise ValueError("a JSON body is required")
-                body = json.loads(self.rfile.read(n))
-                batch = isinstance(body, dict) and "requests" in body
-                items = body["requests"] if batch else [body]
-                if not isinstance(items, list):
-                    raise ValueError("requests must be a list")
-                requests = [_parse_request(d) for d in items]
-            except (ValueError, binascii.Error) as exc:
-                self._send(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
-                return
-            try:
-                with lock:
-                    images = editor.edit(requests)
-            except Exception as exc:  # the editor failed: a 5xx the client may retry
-                self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(exc).__name__}: {exc}"})
-                return
-            encoded = [_b64(i) for i in images]
-            self._send(200, {"images": encoded} if batch else {"image": encoded[0]})
+    return app
 
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    return server
+
+class EditorServer:
+    """uvicorn serving `app` on a socket bound at construction (port 0: a free port, see `.port`, `.url`).
+
+    `run()` serves in this thread until SIGINT/SIGTERM; `start()` serves in a background thread and `stop()`
+    (or leaving the `with` block) shuts it down. Connections made before serving starts wait in the backlog.
+    """
+
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.socket = socket.create_server((host, port), family=family)
+        self.host, self.port = host, int(self.socket.getsockname()[1])
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False))
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def run(self) -> None:
+        try:
+            self.server.run(sockets=[self.socket])
+        finally:
+            self.socket.close()
+
+    def start(self) -> EditorServer:
+        self._thread = threading.Thread(target=self.run, name=f"editor-server:{self.port}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        self.socket.close()
+
+    def __enter__(self) -> EditorServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
