@@ -30,8 +30,8 @@ lint: $(STAMP)  ## ruff and a type check of src/
 	$(VENV)/bin/ruff format --check src tests components pipelines bench
 	$(VENV)/bin/mypy src
 
-bench: $(STAMP)  ## throughput, training speed, demo wall time and peak memory per stage
-	$(PY) bench/bench.py
+bench: $(STAMP)  ## throughput, training speed, demo wall time and peak memory per stage (BENCH_ARGS=--quick: smoke)
+	$(PY) bench/bench.py $(BENCH_ARGS)
 
 pipeline: $(STAMP)  ## compile the KFP pipelines to YAML
 	$(VENV)/bin/editthinker pipeline compile --params params.yaml --out build/pipelines

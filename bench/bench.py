@@ -5,7 +5,8 @@
    (real generated trajectories replicated under new ids);
 3. the demo (`editthinker run`) in a scratch copy: wall time and peak RSS per stage, SFT and RL steps/s;
 4. a no-op `dvc repro` over the demo's outputs (after `dvc commit` records them).
-Numbers only; no pass/fail. Targets are in README.md.
+Numbers only; no pass/fail. Targets are in README.md. `--quick` runs every part at a tiny size (a smoke run that
+CI makes, so the script cannot rot); its figures mean nothing.
 """
 
 from __future__ import annotations
@@ -20,13 +21,21 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+import yaml
 
-from editthinker.config import Params, load_params, parse_params  # noqa: E402
-from editthinker.records import TRAJECTORY_SCHEMA, iter_rows, write_dataset  # noqa: E402
-from editthinker.stages import filter as filter_stage  # noqa: E402
-from editthinker.stages import generate, split, validate  # noqa: E402
+from editthinker.config import Params, load_params, parse_params
+from editthinker.records import TRAJECTORY_SCHEMA, iter_rows, write_dataset
+from editthinker.stages import filter as filter_stage
+from editthinker.stages import generate, split, validate
+
+ROOT = Path(__file__).resolve().parents[1]
+# --quick: every stage at a tiny size (a smoke run of the whole script, a minute or two on 2 cores)
+QUICK = {
+    "generate": {"num_tasks": 24, "shards": 1},
+    "sft": {"max_steps": 4},
+    "rl": {"max_steps": 2},
+    "evaluate": {"num_tasks": 6, "max_turns": 2},
+}
 
 
 def line(name: str, value: float, unit: str, note: str = "") -> None:
@@ -34,9 +43,7 @@ def line(name: str, value: float, unit: str, note: str = "") -> None:
 
 
 def bench_generate(work: Path, params: Params, tasks: int) -> Path:
-    p = parse_params(
-        {**params.model_dump(mode="json"), "generate": {**params.generate.model_dump(), "num_tasks": tasks}}
-    )
+    p = params.model_copy(update={"generate": params.generate.model_copy(update={"num_tasks": tasks})})
     t0 = time.perf_counter()
     manifest = generate.run(p, work / "gen")
     dt = time.perf_counter() - t0
@@ -117,7 +124,7 @@ def bench_dvc_noop(demo: Path) -> None:
     line("no-op dvc repro (best of 3)", best, "s", f"(stages re-run: {len(ran)})")
 
 
-def bench_expert_api(calls: int = 96, latency_s: float = 0.05) -> None:
+def bench_expert_api(calls: int, latency_s: float = 0.05) -> None:
     """Expert calls/s against a local OpenAI-compatible stub server (its own process, tests/openai_stub.py)
     that answers after `latency_s`, at concurrency 1, 4 and 16 (target: >= 8x the sequential rate at 16).
     Cache off: every call goes to the server; best of 3 runs per level."""
@@ -157,27 +164,44 @@ def bench_expert_api(calls: int = 96, latency_s: float = 0.05) -> None:
         server.wait(timeout=10)
 
 
+def quick_params(work: Path, params_path: Path) -> Path:
+    """params.yaml with QUICK's sizes, for the smoke run."""
+    data = yaml.safe_load(params_path.read_text())
+    for section, values in QUICK.items():
+        data[section] = {**data.get(section, {}), **values}
+    parse_params(data, "quick params")  # fail here, not in a stage
+    path = work / "quick-params.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     ap.add_argument("--gen-tasks", type=int, default=200)
     ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--api-calls", type=int, default=96)
+    ap.add_argument("--quick", action="store_true", help="every part at a tiny size: a smoke run, not figures")
     ap.add_argument("--skip-demo", action="store_true")
     ap.add_argument("--skip-overhead", action="store_true", help="skip the loop's per-turn overhead figures")
     ap.add_argument("--skip-api", action="store_true", help="skip the expert API throughput figures")
     args = ap.parse_args()
-    params = load_params(args.params)
     with tempfile.TemporaryDirectory(prefix="editthinker-bench-") as tmp:
         work = Path(tmp)
+        params_path = quick_params(work, args.params) if args.quick else args.params
+        if args.quick:
+            args.gen_tasks, args.rows, args.api_calls = 24, 2_000, 16
+        params = load_params(params_path)
         seed_data = bench_generate(work, params, args.gen_tasks)
         bench_data_path(work, params, seed_data, args.rows)
         if not args.skip_api:
-            bench_expert_api()
+            bench_expert_api(args.api_calls)
         if not args.skip_overhead:
             print("loop overhead outside model calls (editthinker edit, tiny models):", flush=True)
-            subprocess.run([sys.executable, str(ROOT / "bench/edit_overhead.py")], check=True)
+            quick = ["--quick"] if args.quick else []
+            subprocess.run([sys.executable, str(ROOT / "bench/edit_overhead.py"), *quick], check=True)
         if not args.skip_demo:
-            demo = bench_demo(work, args.params)
+            demo = bench_demo(work, params_path)
             bench_dvc_noop(demo)
 
 

@@ -9,26 +9,39 @@ Numbers only; no pass/fail (target: overhead < 5% of a turn).
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import shutil
-import sys
 import tempfile
 from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from editthinker import single_edit
+from editthinker.config import ThinkerModelConfig, parse_params
+from editthinker.models.tiny_vlm import MODEL_KIND, build_tiny_thinker
+from editthinker.models.vlm import save_thinker
+from editthinker.world.scene import render_png
+from editthinker.world.tasks import make_task
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
-import torch  # noqa: E402
-from tests.tiny_editors import save_tiny  # noqa: E402
 
-from editthinker import single_edit  # noqa: E402
-from editthinker.config import ThinkerModelConfig, parse_params  # noqa: E402
-from editthinker.models.tiny_vlm import MODEL_KIND, build_tiny_thinker  # noqa: E402
-from editthinker.models.vlm import save_thinker  # noqa: E402
-from editthinker.world.scene import render_png  # noqa: E402
-from editthinker.world.tasks import make_task  # noqa: E402
+def _tiny_editors() -> ModuleType:
+    """tests/tiny_editors.py (builds tiny diffusers editors offline), loaded by path: tests/ is no package."""
+    spec = importlib.util.spec_from_file_location("tiny_editors", ROOT / "tests" / "tiny_editors.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="one task per setup: a smoke run, not figures")
+    args = ap.parse_args()
+    save_tiny = _tiny_editors().save_tiny
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="edit-overhead-"))
     editors = [{"name": "painter", "kind": "synthetic", "profile": "painter"}]
@@ -40,7 +53,7 @@ def main() -> None:
     params = parse_params({"editors": editors})
     model, processor = build_tiny_thinker(ThinkerModelConfig(hidden_size=64, num_heads=4, max_new_tokens=32), seed=1)
     save_thinker(model, processor, tmp / "thinker", MODEL_KIND)
-    tasks = [make_task(77, i, 2, 4, {"vague": 1.0}) for i in range(4)]
+    tasks = [make_task(77, i, 2, 4, {"vague": 1.0}) for i in range(1 if args.quick else 4)]
     head = ("editor", "thinker", "edits", "loop s/edit", "model s/edit", "overhead ms/edit", "overhead %")
     print(f"{head[0]:18} {head[1]:8} {head[2]:>5} {head[3]:>12} {head[4]:>13} {head[5]:>17} {head[6]:>10}")
     for editor in ("painter", "instruct-pix2pix", "flux-kontext"):

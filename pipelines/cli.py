@@ -1,9 +1,10 @@
 """`editthinker pipeline`: compile, submit and schedule the Kubeflow pipelines (needs kfp; a cluster for the last two).
 
 The pipelines are built from params.yaml: its `kubernetes` section (images, GPUs, cpu/memory, node selector,
-tolerations, PVCs, secrets by name, timeouts, retries) and `generate.shards` at compile time, the whole params
-as the run-time `params_json` argument. Submit and schedule compile with the same params they pass, so the
-two cannot disagree; the run name carries the params hash (`Params.section_hash()`, first 12 hex digits).
+tolerations, PVCs, secrets by name, timeouts, retries) and `generate.shards` at compile time; the rest of params
+as run-time arguments, each step given only the sections its stage reads. Submit and schedule compile with the
+same params they pass, so the two cannot disagree; the run name carries the params hash
+(`Params.section_hash()`, first 12 hex digits).
 """
 
 from __future__ import annotations

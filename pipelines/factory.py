@@ -7,21 +7,24 @@
 Every step's settings (image, accelerator, cpu/memory, node selector, tolerations, PVCs, secrets by name,
 timeout, retries) come from params.kubernetes through `pipelines.platform.apply`, once per task. Data,
 training and evaluation steps are cached (same params and inputs -> same outputs); `challenge` reads the
-registry and `promote` writes it, so neither is ever cached. `params_json` and `registry` are run-time
-arguments (`pipeline_arguments`): nothing of params is compiled in but the platform settings and the number
-of generation shards. Compile and submit with the same params (the `editthinker pipeline` commands do).
+registry and `promote` writes it, so neither is ever cached. Each step receives only the params sections its
+stage reads (`editthinker.stages.SECTIONS`), as the run-time argument `<stage>_params`, so its cache key
+changes only when one of those sections changes. These and `registry` are the run-time arguments
+(`pipeline_arguments`): nothing of params is compiled in but the platform settings and the number of
+generation shards. Compile and submit with the same params (the `editthinker pipeline` commands do).
 
     compile_pipeline("factory.yaml", "factory", params)    # for a KFP backend
     run_local(params, Path("runs/x"))                       # kfp.local, subprocesses of this interpreter
 """
 
-import importlib.util
 import json
-import os
-import sys
 import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from kfp import compiler, dsl, local
+from kfp.dsl import Artifact, Dataset, Metrics, Model
+from kfp.dsl.graph_component import GraphComponent
 
 from components.challenge.component import challenge
 from components.evaluate.component import evaluate
@@ -32,11 +35,8 @@ from components.rl.component import rl
 from components.sft.component import sft
 from components.split.component import split
 from components.validate.component import validate
-from kfp import compiler, dsl, local
-from kfp.dsl import Artifact, Dataset, Metrics, Model
-from kfp.dsl.graph_component import GraphComponent
-
 from editthinker.config import Params
+from editthinker.stages import stage_params
 from pipelines.platform import apply
 
 
@@ -69,25 +69,26 @@ class FactoryOutputs(NamedTuple):
     comparison: Artifact
 
 
-def _data_steps(params: Params, params_json: Any) -> dict[str, Any]:
-    """Add the data steps to the pipeline being defined; return their tasks. More than one generation shard
-    fans out (dsl.ParallelFor over the shard numbers, fixed at compile time) and is gathered (dsl.Collected)."""
+def _data_steps(params: Params, p: dict[str, Any]) -> dict[str, Any]:
+    """Add the data steps to the pipeline being defined; return their tasks. `p` holds each stage's params
+    argument by stage name. More than one generation shard fans out (dsl.ParallelFor over the shard numbers,
+    fixed at compile time) and is gathered (dsl.Collected)."""
     k8s = params.kubernetes
     shards = params.generate.shards
     t: dict[str, Any] = {}
     if shards > 1:
         with dsl.ParallelFor(list(range(shards)), parallelism=k8s.generate_parallelism or None) as shard:
-            one = apply(generate_shard(params_json=params_json, shard=shard), "generate", k8s)
-        gathered = generate_gather(params_json=params_json, shards=dsl.Collected(one.outputs["trajectories"]))
+            one = apply(generate_shard(params_json=p["generate"], shard=shard), "generate", k8s)
+        gathered = generate_gather(params_json=p["generate"], shards=dsl.Collected(one.outputs["trajectories"]))
         t["generate"] = apply(gathered, "gather", k8s)
     else:
-        t["generate"] = apply(generate(params_json=params_json), "generate", k8s)
+        t["generate"] = apply(generate(params_json=p["generate"]), "generate", k8s)
     trajectories = t["generate"].outputs["trajectories"]
-    t["filter"] = apply(filter_(params_json=params_json, trajectories=trajectories), "filter", k8s)
-    t["split"] = apply(split(params_json=params_json, filtered=t["filter"].outputs["filtered"]), "split", k8s)
+    t["filter"] = apply(filter_(params_json=p["filter"], trajectories=trajectories), "filter", k8s)
+    t["split"] = apply(split(params_json=p["split"], filtered=t["filter"].outputs["filtered"]), "split", k8s)
     t["validate"] = apply(
         validate(
-            params_json=params_json,
+            params_json=p["validate"],
             trajectories=trajectories,
             sft_data=t["split"].outputs["sft_data"],
             rl_data=t["split"].outputs["rl_data"],
@@ -108,27 +109,27 @@ def _data_outputs(t: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _train_steps(params: Params, params_json: Any, sft_data: Any, rl_data: Any, registry: Any) -> dict[str, Any]:
+def _train_steps(params: Params, p: dict[str, Any], sft_data: Any, rl_data: Any, registry: Any) -> dict[str, Any]:
     """Add sft, rl, evaluate, challenge and (when the challenger beats the champion) promote."""
     k8s = params.kubernetes
     t: dict[str, Any] = {}
-    t["sft"] = apply(sft(params_json=params_json, sft_data=sft_data), "sft", k8s)
+    t["sft"] = apply(sft(params_json=p["sft"], sft_data=sft_data), "sft", k8s)
     checkpoint = t["sft"].outputs["checkpoint"]
-    t["rl"] = apply(rl(params_json=params_json, rl_data=rl_data, sft_checkpoint=checkpoint), "rl", k8s)
+    t["rl"] = apply(rl(params_json=p["rl"], rl_data=rl_data, sft_checkpoint=checkpoint), "rl", k8s)
     rl_checkpoint = t["rl"].outputs["checkpoint"]
     t["evaluate"] = apply(
-        evaluate(params_json=params_json, sft_checkpoint=checkpoint, rl_checkpoint=rl_checkpoint), "evaluate", k8s
+        evaluate(params_json=p["evaluate"], sft_checkpoint=checkpoint, rl_checkpoint=rl_checkpoint), "evaluate", k8s
     )
     evaluation = t["evaluate"].outputs["evaluation"]
     t["challenge"] = apply(
-        challenge(params_json=params_json, checkpoint=rl_checkpoint, evaluation=evaluation, registry=registry),
+        challenge(params_json=p["promote"], checkpoint=rl_checkpoint, evaluation=evaluation, registry=registry),
         "challenge",
         k8s,
     )
     beats_champion = t["challenge"].outputs["Output"]
     with dsl.If(beats_champion == True, name="beats-champion"):  # noqa: E712
         t["promote"] = apply(
-            promote(params_json=params_json, checkpoint=rl_checkpoint, evaluation=evaluation, registry=registry),
+            promote(params_json=p["promote"], checkpoint=rl_checkpoint, evaluation=evaluation, registry=registry),
             "promote",
             k8s,
         )
@@ -149,23 +150,55 @@ def build_pipelines(params: Params) -> dict[str, GraphComponent]:
     """The three pipelines with `params`' platform settings and generation shards: {data, train, factory}."""
 
     @dsl.pipeline(name="editthinker-data", description="Trajectories, filter, step samples, data checks.")
-    def editthinker_data(params_json: str) -> DataOutputs:
-        return DataOutputs(**_data_outputs(_data_steps(params, params_json)))
+    def editthinker_data(
+        generate_params: str, filter_params: str, split_params: str, validate_params: str
+    ) -> DataOutputs:
+        p = {"generate": generate_params, "filter": filter_params, "split": split_params, "validate": validate_params}
+        return DataOutputs(**_data_outputs(_data_steps(params, p)))
 
     @dsl.pipeline(name="editthinker-train", description="SFT, RL, evaluation and promotion of a thinker.")
-    def editthinker_train(params_json: str, sft_data_uri: str, rl_data_uri: str, registry: str = "") -> TrainOutputs:
+    def editthinker_train(
+        sft_params: str,
+        rl_params: str,
+        evaluate_params: str,
+        promote_params: str,
+        sft_data_uri: str,
+        rl_data_uri: str,
+        registry: str = "",
+    ) -> TrainOutputs:
         """Step samples come from URIs (e.g. a data run's sft_data / rl_data artifacts); `registry` empty
         means params.promote.registry, as seen from the challenge and promote tasks."""
         sft_data = dsl.importer(artifact_uri=sft_data_uri, artifact_class=Dataset, reimport=False)
         rl_data = dsl.importer(artifact_uri=rl_data_uri, artifact_class=Dataset, reimport=False)
-        t = _train_steps(params, params_json, sft_data.output, rl_data.output, registry)
+        p = {"sft": sft_params, "rl": rl_params, "evaluate": evaluate_params, "promote": promote_params}
+        t = _train_steps(params, p, sft_data.output, rl_data.output, registry)
         return TrainOutputs(**_train_outputs(t))
 
     @dsl.pipeline(name="editthinker-factory", description="Data, SFT, RL, evaluation and promotion of a thinker.")
-    def editthinker_factory(params_json: str, registry: str = "") -> FactoryOutputs:
+    def editthinker_factory(
+        generate_params: str,
+        filter_params: str,
+        split_params: str,
+        validate_params: str,
+        sft_params: str,
+        rl_params: str,
+        evaluate_params: str,
+        promote_params: str,
+        registry: str = "",
+    ) -> FactoryOutputs:
         """`registry` empty means params.promote.registry, as seen from the challenge and promote tasks."""
-        d = _data_steps(params, params_json)
-        t = _train_steps(params, params_json, d["split"].outputs["sft_data"], d["split"].outputs["rl_data"], registry)
+        p = {
+            "generate": generate_params,
+            "filter": filter_params,
+            "split": split_params,
+            "validate": validate_params,
+            "sft": sft_params,
+            "rl": rl_params,
+            "evaluate": evaluate_params,
+            "promote": promote_params,
+        }
+        d = _data_steps(params, p)
+        t = _train_steps(params, p, d["split"].outputs["sft_data"], d["split"].outputs["rl_data"], registry)
         t["sft"].after(d["validate"])
         return FactoryOutputs(**_data_outputs(d), **_train_outputs(t))
 
@@ -177,21 +210,30 @@ PIPELINES = build_pipelines(Params())
 editthinker_data, editthinker_train, editthinker_factory = (PIPELINES[k] for k in ("data", "train", "factory"))
 
 
-def params_json(params: Params) -> str:
-    """The `params_json` argument: the keys params set (the rest are the image's defaults). Only those: a
-    section may refuse keys its `kind` does not use, which a dump of every field would give it."""
-    return json.dumps(params.model_dump(mode="json", exclude_unset=True), sort_keys=True)
+PIPELINE_STAGES = {
+    "data": ("generate", "filter", "split", "validate"),
+    "train": ("sft", "rl", "evaluate", "promote"),
+    "factory": ("generate", "filter", "split", "validate", "sft", "rl", "evaluate", "promote"),
+}
+
+
+def params_json(params: Params, stage: str) -> str:
+    """The `<stage>_params` argument: the sections `stage` reads, with the keys params set (the rest are the
+    image's defaults)."""
+    return json.dumps(stage_params(params, stage), sort_keys=True)
 
 
 def pipeline_arguments(
     params: Params, pipeline: str = "factory", registry: str | None = None, data_uris: dict[str, str] | None = None
 ) -> dict[str, Any]:
-    """The run-time arguments of `pipeline` for `params`: the params JSON, the registry, the data URIs.
+    """The run-time arguments of `pipeline` for `params`: each stage's params, the registry, the data URIs.
 
     The registry defaults to the registry PVC's mount path when params.kubernetes.registry mounts one, else
     params.promote.registry. The train pipeline needs `data_uris` = {sft_data_uri, rl_data_uri}.
     """
-    args: dict[str, Any] = {"params_json": params_json(params)}
+    if pipeline not in PIPELINE_STAGES:
+        raise ValueError(f"unknown pipeline {pipeline!r}; pipelines: {list(PIPELINE_STAGES)}")
+    args: dict[str, Any] = {f"{stage}_params": params_json(params, stage) for stage in PIPELINE_STAGES[pipeline]}
     if pipeline in ("train", "factory"):
         reg = params.kubernetes.registry
         args["registry"] = registry or (reg.mount_path if reg.pvc else params.promote.registry)
@@ -218,25 +260,6 @@ def compile_all(out_dir: str | Path, params: Params | None = None) -> dict[str, 
     return {name: compile_pipeline(Path(out_dir) / f"editthinker-{name}.yaml", name, params) for name in PIPELINES}
 
 
-def _ensure_importable() -> None:
-    """Subprocess tasks must import editthinker and components: put their roots on PYTHONPATH."""
-    import editthinker
-
-    roots = [str(Path(editthinker.__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1])]
-    current = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    os.environ["PYTHONPATH"] = os.pathsep.join(current + [r for r in roots if r not in current])
-
-
-def _hide_shadowed_docker() -> None:
-    """A `docker/` folder beside `components/` (Dockerfiles) imports as an empty namespace package named
-    `docker`, which kfp.local takes for the Docker SDK and fails on. Without the real SDK, make
-    `import docker` fail instead, so kfp.local sees Docker as absent (the subprocess runner needs none)."""
-    if "docker" not in sys.modules:
-        spec = importlib.util.find_spec("docker")
-        if spec is not None and spec.origin in (None, "namespace"):
-            sys.modules["docker"] = None  # type: ignore[assignment]
-
-
 def run_local(
     params: Params,
     workdir: Path,
@@ -253,8 +276,6 @@ def run_local(
     """
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    _ensure_importable()
-    _hide_shadowed_docker()
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
         pipeline_root=str(workdir / "kfp"),
@@ -270,20 +291,3 @@ def run_local(
         warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")  # resources
         task = build_pipelines(params)[pipeline](**args)
     return {name: artifact.path for name, artifact in task.outputs.items()}
-
-
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    from editthinker.config import load_params
-
-    parser = argparse.ArgumentParser(description="Compile the KFP pipelines to YAML.")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params.yaml to compile with")
-    parser.add_argument("--out", type=Path, default=Path("build/pipelines"), help="output folder")
-    args = parser.parse_args(argv)
-    for path in compile_all(args.out, load_params(args.params)).values():
-        print(path)
-
-
-if __name__ == "__main__":
-    main()

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 from tests.tiny_editors import save_tiny
 
-from editthinker.backends.diffusers_editors import PIPELINES, DiffusersEditor
+from editthinker.backends.diffusers_editors import DiffusersEditor
+from editthinker.backends.diffusers_pipelines import PIPELINES
 from editthinker.backends.factory import build_editor
 from editthinker.config import ConfigError, DiffusersEditorConfig, EditorConfig, parse_params
 from editthinker.roles import EditRequest

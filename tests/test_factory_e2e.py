@@ -2,7 +2,6 @@
 process, and the outputs a user reads at the end are there and consistent."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,9 +29,8 @@ def tiny_params(dest: Path) -> dict:
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     exe = [sys.executable, "-m", "editthinker.cli", *args]
-    return subprocess.run(exe, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    return subprocess.run(exe, cwd=cwd, capture_output=True, text=True, timeout=900)
 
 
 def test_whole_factory_runs_and_reports(tmp_path):

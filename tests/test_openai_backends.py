@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import socket
 import subprocess
 import sys
@@ -294,12 +293,10 @@ def tf_server(tmp_path_factory):
     save_thinker(model, processor, path, MODEL_KIND)
     port = _free_port()
     log = open(path / "serve.log", "w")  # noqa: SIM115
-    src = str(Path(__file__).resolve().parents[1] / "src")
     proc = subprocess.Popen(
         [sys.executable, "-m", "editthinker.backends.serve", "--model", str(path), "--port", str(port)],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONPATH": src},
     )
     deadline = time.monotonic() + 120
     try:

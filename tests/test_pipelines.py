@@ -8,7 +8,6 @@ from __future__ import annotations
 import filecmp
 import importlib
 import json
-import os
 import pkgutil
 import re
 import subprocess
@@ -18,24 +17,21 @@ from typing import Any
 
 import pytest
 import yaml
+from kfp import compiler
+from kfp.dsl.graph_component import GraphComponent
+from typer.testing import CliRunner
+
+import pipelines
+import pipelines.cli as pipeline_cli
+from components import FACTORY_IMAGE
+from editthinker.cli import app as cli_app
+from editthinker.config import Params, load_params, parse_params
+from editthinker.registry import Registry
+from editthinker.stages import SECTIONS, generate
+from editthinker.stages import promote as promote_stage
+from pipelines.factory import PIPELINE_STAGES, build_pipelines, compile_all, pipeline_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # components/ and pipelines/ live at the repository root
-    sys.path.insert(0, str(ROOT))
-
-import pipelines  # noqa: E402
-import pipelines.cli as pipeline_cli  # noqa: E402
-from components import FACTORY_IMAGE  # noqa: E402
-from kfp import compiler  # noqa: E402
-from kfp.dsl.graph_component import GraphComponent  # noqa: E402
-from pipelines.factory import build_pipelines, compile_all, pipeline_arguments  # noqa: E402
-from typer.testing import CliRunner  # noqa: E402
-
-from editthinker.cli import app as cli_app  # noqa: E402
-from editthinker.config import Params, load_params, parse_params  # noqa: E402
-from editthinker.registry import Registry  # noqa: E402
-from editthinker.stages import generate  # noqa: E402
-from editthinker.stages import promote as promote_stage  # noqa: E402
 
 DATA = ["generate-shard", "generate-gather", "filter", "split", "validate"]
 TRAIN = ["sft", "rl", "evaluate", "challenge", "promote"]
@@ -202,8 +198,8 @@ def test_pipelines_compile_with_the_right_shape(tmp_path: Path) -> None:
             cached = task.get("cachingOptions", {}).get("enableCache", False)
             assert cached is (tname not in UNCACHED), f"{name}: caching of {tname} is {cached}"
         # params come at run time only: no default is compiled in, and nothing secret-looking is
-        params_def = spec["root"]["inputDefinitions"]["parameters"]["params_json"]
-        assert "defaultValue" not in params_def
+        for stage in PIPELINE_STAGES.get(name.removeprefix("editthinker-"), ()):
+            assert "defaultValue" not in spec["root"]["inputDefinitions"]["parameters"][f"{stage}_params"]
         for pattern in SECRET_PATTERNS:
             assert not pattern.search(text), f"{name}: secret-looking text {pattern.search(text)[0]!r}"
         for ex in spec["deploymentSpec"]["executors"].values():
@@ -212,6 +208,26 @@ def test_pipelines_compile_with_the_right_shape(tmp_path: Path) -> None:
                 assert "env" not in ex["container"]
                 assert "accelerator" not in ex["container"].get("resources", {})  # the default is CPU-only
                 assert not any("pip install" in part for part in ex["container"]["command"])
+
+
+STEP_STAGE = {"generate-shard": "generate", "generate-gather": "generate", "challenge": "promote"}
+
+
+def test_each_step_receives_only_the_params_of_its_stage(tmp_path: Path) -> None:
+    """Every task's params_json is its stage's own run-time argument (`<stage>_params`), so a change to a
+    section the stage does not read leaves that step's cache key alone."""
+    path = compile_all(tmp_path, gpu_params())["factory"]
+    _, spec, _ = load(path)
+    for name, task in flat_tasks(spec).items():
+        if name.startswith("importer"):
+            continue
+        stage = STEP_STAGE.get(name, name)
+        source = task["inputs"]["parameters"]["params_json"]["componentInputParameter"]
+        assert source.removeprefix("pipelinechannel--") == f"{stage}_params", (name, source)
+    args = pipeline_arguments(gpu_params(), "factory")
+    assert "kubernetes" not in json.loads(args["sft_params"])  # platform settings are compiled in, never passed
+    for stage in PIPELINE_STAGES["factory"]:
+        assert set(json.loads(args[f"{stage}_params"])) <= set(SECTIONS[stage]), stage
 
 
 def test_generation_fans_out_over_the_shards_and_promotion_waits_for_the_challenge(tmp_path: Path) -> None:
@@ -464,9 +480,14 @@ def test_pipeline_submit_hands_package_arguments_and_run_name_to_the_client(
     assert call["run_name"] in result.output and "run-123" in result.output
     assert call["experiment_name"] == "nightly"
     assert call["enable_caching"] is None  # each task's own caching option stands
-    assert call["arguments"] == {"params_json": pipelines.factory.params_json(params), "registry": "/registry"}
-    sent = parse_params(json.loads(call["arguments"]["params_json"]))
-    assert sent == params and sent.section_hash() == params.section_hash()
+    stages = PIPELINE_STAGES["factory"]
+    assert call["arguments"] == {
+        **{f"{s}_params": pipelines.factory.params_json(params, s) for s in stages},
+        "registry": "/registry",
+    }
+    for s in stages:  # each step's params give its stage the same sections, so the same lineage hash
+        sent = parse_params(json.loads(call["arguments"][f"{s}_params"]))
+        assert sent.section_hash(*SECTIONS[s]) == params.section_hash(*SECTIONS[s])
     assert call["package"]["pipelineInfo"]["name"] == "editthinker-factory"
     assert "generate-shard" in flat_tasks(call["package"])
 
@@ -474,7 +495,8 @@ def test_pipeline_submit_hands_package_arguments_and_run_name_to_the_client(
     assert result.exit_code == 0, result.output
     [(_, call)] = fake_client.last.calls
     assert call["package"]["pipelineInfo"]["name"] == "editthinker-data"
-    assert set(call["arguments"]) == {"params_json"} and call["enable_caching"] is False
+    assert set(call["arguments"]) == {f"{s}_params" for s in PIPELINE_STAGES["data"]}
+    assert call["enable_caching"] is False
     assert call["run_name"] == f"editthinker-data-{params.section_hash()[:12]}"
 
     result = CliRunner().invoke(cli_app, [*args, "--pipeline", "train"])
@@ -502,7 +524,7 @@ def test_pipeline_schedule_creates_a_recurring_run(tmp_path: Path, fake_client: 
     assert call["cron_expression"] == "0 0 3 * * *"  # KFP's 6 fields, seconds first
     assert call["job_name"] == f"editthinker-factory-{params.section_hash()[:12]}"
     assert call["max_concurrency"] == 1 and call["no_catchup"] is True and call["enable_caching"] is None
-    assert call["params"]["params_json"] == pipelines.factory.params_json(params)
+    assert call["params"]["sft_params"] == pipelines.factory.params_json(params, "sft")
     assert call["package"]["pipelineInfo"]["name"] == "editthinker-factory"
     bad = CliRunner().invoke(cli_app, [*base, "--cron", "every night"])
     assert bad.exit_code != 0 and "cron" in bad.output
@@ -529,14 +551,10 @@ def tiny_params() -> dict[str, Any]:
 def test_kfp_local_data_pipeline_matches_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The data pipeline under kfp.local, its generation fanned out over 2 shards (ParallelFor + Collected run
     under kfp.local 2.17), gives the datasets of the direct stage calls."""
-    from pipelines.factory import run_local
-
     from editthinker.stages import filter as filter_stage
     from editthinker.stages import split
+    from pipelines.factory import run_local
 
-    # kfp.local runs each task in a subprocess of this interpreter: it must find both source trees
-    path = [str(ROOT / "src"), str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(path))
     params = parse_params(tiny_params())
 
     out = run_local(params, tmp_path / "kfp", pipeline="data")
@@ -566,8 +584,6 @@ def test_kfp_local_factory_promotes_only_when_the_challenger_wins(
     the registry's decision log keeps one line."""
     from pipelines.factory import run_local
 
-    path = [str(ROOT / "src"), str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(path))
     data = tiny_params()
     data["evaluate"] = {"num_tasks": 2, "max_turns": 2}
     data["thinker"] = {"max_new_tokens": 24}

@@ -12,7 +12,7 @@ from transformers import Qwen3VLForConditionalGeneration
 from editthinker import single_edit
 from editthinker.backends.factory import load_vlm_thinker
 from editthinker.backends.vlm_thinker import VLMThinker
-from editthinker.config import Params, ThinkerModelConfig
+from editthinker.config import InferenceConfig, Params, ThinkerModelConfig
 from editthinker.models.tiny_vlm import QWEN3_KIND, build_tiny_qwen3_thinker
 from editthinker.models.vlm import (
     Qwen3ThinkerProcessor,
@@ -90,17 +90,17 @@ def test_batched_generation_matches_one_by_one(checkpoint):
     assert len(batched) == 3 and batched == single
 
 
-def test_device_and_dtype_come_from_the_config(checkpoint):
+def test_device_and_dtype_come_from_the_inference_config(checkpoint):
     path = checkpoint[0]
-    thinker = load_vlm_thinker(path, CFG.model_copy(update={"dtype": "bfloat16", "infer_batch_size": 3}))
+    thinker = load_vlm_thinker(path, CFG, InferenceConfig(dtype="bfloat16", batch_size=3))
     assert isinstance(thinker, VLMThinker)
     assert thinker.model.dtype == torch.bfloat16 and thinker.model.device.type == "cpu"
     assert thinker.batch_size == 3
     assert len(thinker.think(_requests(2))) == 2
     with pytest.raises(ValidationError):
-        ThinkerModelConfig(device="gpu")
+        InferenceConfig(device="gpu")
     with pytest.raises(ValidationError):
-        ThinkerModelConfig(dtype="int8")
+        InferenceConfig(dtype="int8")
 
 
 def test_checkpoint_id_of_a_hub_id_and_of_a_sharded_folder(checkpoint, tmp_path):
@@ -117,9 +117,9 @@ def test_checkpoint_id_of_a_hub_id_and_of_a_sharded_folder(checkpoint, tmp_path)
         assert torch.equal(model(**inputs).logits, thinker.model(**inputs).logits)
 
 
-def test_edit_thinker_model_reads_params_thinker_model(checkpoint):
-    with pytest.raises(ValueError, match="thinker.model"):
+def test_edit_thinker_model_reads_params_inference_thinker_model(checkpoint):
+    with pytest.raises(ValueError, match="inference.thinker_model"):
         single_edit._thinker(Params(), "model", 0)
-    params = Params(thinker=CFG.model_copy(update={"model": str(checkpoint[0])}))
+    params = Params(thinker=CFG, inference=InferenceConfig(thinker_model=str(checkpoint[0])))
     thinker = single_edit._thinker(params, "model", 0)
     assert isinstance(thinker, VLMThinker) and thinker.model_id.startswith("tiny-qwen3-vl@")

@@ -216,14 +216,12 @@ def run_all(params: ParamsOpt = DEFAULT_PARAMS, stats: Path = Path("reports/run_
 
 
 def _pipeline_app() -> typer.Typer:
-    """pipelines/cli.py's sub-app, imported only when asked for: the stages never load kfp."""
-    root = Path(__file__).resolve().parents[2]  # the checkout: pipelines/ and components/ beside src/
-    if (root / "pipelines" / "cli.py").is_file() and str(root) not in sys.path:
-        sys.path.append(str(root))
+    """pipelines/cli.py's sub-app (the `pipelines` package installs with the project), imported only when asked
+    for: the stages never load kfp."""
     try:  # by name: neither the type checker nor an import of this module follows it into kfp
         module = importlib.import_module("pipelines.cli")
     except ImportError as exc:
-        console.print(f"[red]error:[/red] the pipeline commands need kfp and the pipelines/ folder ({exc})")
+        console.print(f"[red]error:[/red] the pipeline commands need kfp and the pipelines package ({exc})")
         raise typer.Exit(2) from None
     pipeline_app: typer.Typer = module.app
     return pipeline_app

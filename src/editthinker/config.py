@@ -169,7 +169,7 @@ class JudgeConfig(OpenAIAPIConfig):
 
 class GenerateConfig(_Strict):
     seed: int = 1234
-    num_tasks: int = Field(600, ge=1)  # split across the editors, as the method splits its sources
+    num_tasks: int = Field(2000, ge=1)  # split across the editors, as the method splits its sources
     max_turns: int = Field(5, ge=1, le=16)
     shards: int = Field(2, ge=1)
 
@@ -189,23 +189,30 @@ class SplitConfig(_Strict):
 
 
 class ThinkerModelConfig(_Strict):
+    """The thinker being trained: what SFT builds and RL continues. Inference-only settings live in `inference`."""
+
     kind: Literal["tiny-qwen2.5-vl"] = "tiny-qwen2.5-vl"
     hidden_size: int = Field(128, ge=16)
     num_layers: int = Field(2, ge=1)
     num_heads: int = Field(8, ge=1)
     vocab_size: int = Field(640, ge=300)  # the world's language needs ~620 byte-level BPE tokens
-    max_new_tokens: int = Field(96, ge=8)
-    stop_semantic: float = 8.0
+    max_new_tokens: int = Field(96, ge=8)  # the answer's length cap, in training (RL completions) and at inference
+    stop_semantic: float = 8.0  # the answer protocol: a score at or above both thresholds means "satisfied"
     stop_quality: float = 8.0
-    infer_batch_size: int = Field(32, ge=1)  # requests per generate() call at inference
     vision_hidden_size: int = Field(64, ge=16)  # the ViT's width (its output is projected to hidden_size)
     vision_layers: int = Field(1, ge=1)
-    # where and how the thinker runs at inference (VLMThinker): "cpu", "cuda" or "cuda:N"; weights' dtype
-    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class InferenceConfig(_Strict):
+    """How a trained or released thinker runs at inference (evaluate, edit). No training stage reads this
+    section, so changing it never retrains."""
+
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")  # "cpu", "cuda" or "cuda:N"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # the weights' dtype
+    batch_size: int = Field(32, ge=1)  # requests per generate() call
     # a released thinker to use instead of a trained checkpoint (a hub id such as Qwen/Qwen3-VL-8B-Instruct,
-    # or a folder); read only by `editthinker edit --thinker model`, never by the evaluate stage
-    model: str | None = None
+    # or a folder); read only by `editthinker edit --thinker model`
+    thinker_model: str | None = None
 
 
 class SFTParams(_Strict):
@@ -227,8 +234,8 @@ class RewardWeights(_Strict):
 
 
 class RLParams(_Strict):
-    max_steps: int = Field(50, ge=1)  # ~20 s on one CPU core at batch 8 (2 prompts x 4 completions)
-    learning_rate: float = Field(1e-4, gt=0)
+    max_steps: int = Field(80, ge=1)  # ~30 s on one CPU core at batch 8 (2 prompts x 4 completions)
+    learning_rate: float = Field(5e-4, gt=0)
     batch_size: int = Field(8, ge=1)
     num_generations: int = Field(4, ge=2)
     beta: float = Field(1e-3, ge=0)  # KL coefficient
@@ -397,6 +404,7 @@ class Params(_Strict):
     filter: FilterConfig = FilterConfig()
     split: SplitConfig = SplitConfig()
     thinker: ThinkerModelConfig = ThinkerModelConfig()
+    inference: InferenceConfig = InferenceConfig()
     sft: SFTParams = SFTParams()
     rl: RLParams = RLParams()
     evaluate: EvaluateConfig = EvaluateConfig()

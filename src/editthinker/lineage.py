@@ -5,6 +5,7 @@ Nothing time- or host-dependent goes in, so the same run twice gives the same li
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 from functools import cache
@@ -21,13 +22,63 @@ LINEAGE_FILE = "lineage.json"
 DESCRIPTIVE_FILES = frozenset({LINEAGE_FILE, "metrics.json"})
 
 
+PACKAGE_ROOT = Path(__file__).parent  # src/editthinker
+_PACKAGE = PACKAGE_ROOT.name
+
+
+def _module_path(module: str) -> Path | None:
+    """The source file of an editthinker module (a package's __init__.py), or None if there is none."""
+    parts = module.split(".")[1:]
+    if not parts:
+        return PACKAGE_ROOT / "__init__.py"
+    for candidate in (
+        PACKAGE_ROOT.joinpath(*parts[:-1], parts[-1] + ".py"),
+        PACKAGE_ROOT.joinpath(*parts, "__init__.py"),
+    ):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """editthinker modules that a source file imports anywhere (module level or inside functions)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] == _PACKAGE)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == _PACKAGE:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)  # names that are submodules
+    return found
+
+
 @cache
-def code_version() -> str:
-    """Package version plus a digest of the package's source files (works without git)."""
-    root = Path(__file__).parent
+def module_files(module: str) -> tuple[Path, ...]:
+    """The package's source files that `module` runs: itself and everything it imports, transitively, with
+    the __init__.py of every package on the way. Sorted; what a stage's code version and dvc deps cover."""
+    seen: set[Path] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):  # a module's packages run their __init__ first
+            path = _module_path(".".join(parts[:i]))
+            if path is not None and path not in seen:
+                seen.add(path)
+                todo.extend(_imported_modules(path))
+    if _module_path(module) is None:
+        raise ValueError(f"{module} is not a module of {_PACKAGE}")
+    return tuple(sorted(seen))
+
+
+@cache
+def code_version(module: str = _PACKAGE) -> str:
+    """Package version plus a digest of the source files `module` runs (works without git); for the whole
+    package by default."""
+    files = sorted(PACKAGE_ROOT.rglob("*.py")) if module == _PACKAGE else module_files(module)
     h = hashlib.sha256()
-    for p in sorted(root.rglob("*.py")):
-        h.update(str(p.relative_to(root)).encode())
+    for p in files:
+        h.update(str(p.relative_to(PACKAGE_ROOT)).encode())
         h.update(p.read_bytes())
     return f"{__version__}+src.{h.hexdigest()[:12]}"
 
@@ -56,7 +107,7 @@ def make_lineage(stage: str, params: Params, sections: tuple[str, ...], inputs: 
         "stage": stage,
         "params_sha256": params.section_hash(*sections),
         "params_sections": list(sections),
-        "code_version": code_version(),
+        "code_version": code_version(f"{_PACKAGE}.stages.{stage}"),
         "inputs": {name: hash_path(p) for name, p in sorted(inputs.items())},
         "models": dict(sorted(models.items())),
     }

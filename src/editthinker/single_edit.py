@@ -90,17 +90,19 @@ def _thinker(params: Params, spec: str, seed: int) -> Thinker | None:
         return None
     if spec == THINKER_EXPERT:
         return build_expert(params.expert, seed)
-    if spec == THINKER_MODEL:  # a released thinker: params.thinker.model, a hub id or a folder
-        if params.thinker.model is None:
-            raise ValueError(f"thinker: {THINKER_MODEL!r} needs params thinker.model (e.g. Qwen/Qwen3-VL-8B-Instruct)")
-        return load_vlm_thinker(params.thinker.model, params.thinker)
+    if spec == THINKER_MODEL:  # a released thinker: params.inference.thinker_model, a hub id or a folder
+        if params.inference.thinker_model is None:
+            raise ValueError(
+                f"thinker: {THINKER_MODEL!r} needs params inference.thinker_model (e.g. Qwen/Qwen3-VL-8B-Instruct)"
+            )
+        return load_vlm_thinker(params.inference.thinker_model, params.thinker, params.inference)
     path = Path(spec)
     if not path.is_dir():
         raise FileNotFoundError(
-            f"thinker: {spec!r} is neither a checkpoint folder, {THINKER_MODEL!r} (params thinker.model), "
+            f"thinker: {spec!r} is neither a checkpoint folder, {THINKER_MODEL!r} (params inference.thinker_model), "
             f"{THINKER_EXPERT!r} nor {THINKER_NONE!r}"
         )
-    return load_vlm_thinker(path, params.thinker)
+    return load_vlm_thinker(path, params.thinker, params.inference)
 
 
 def _judge(params: Params, reference: str | None) -> tuple[Judge | None, str]:

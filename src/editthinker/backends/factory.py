@@ -10,6 +10,7 @@ from editthinker.config import (
     DiffusersEditorConfig,
     ExpertConfig,
     HttpEditorConfig,
+    InferenceConfig,
     JudgeConfig,
     Params,
     ThinkerModelConfig,
@@ -55,9 +56,9 @@ def build_judge(cfg: JudgeConfig) -> Judge:
     raise ValueError(f"judge: unknown judge kind {cfg.kind!r}")
 
 
-def load_vlm_thinker(checkpoint: Path | str, cfg: ThinkerModelConfig) -> Thinker:
-    """A VLM thinker: a checkpoint folder or a model id (from_pretrained, safetensors only), run with cfg's
-    device, dtype, batch size, decoding length and stop thresholds."""
+def load_vlm_thinker(checkpoint: Path | str, cfg: ThinkerModelConfig, inference: InferenceConfig) -> Thinker:
+    """A VLM thinker: a checkpoint folder or a model id (from_pretrained, safetensors only), with cfg's decoding
+    length and stop thresholds, run with inference's device, dtype and batch size."""
     from editthinker.backends.vlm_thinker import VLMThinker
 
-    return VLMThinker(checkpoint, cfg)
+    return VLMThinker(checkpoint, cfg, inference)

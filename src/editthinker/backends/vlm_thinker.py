@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from editthinker.config import ThinkerModelConfig
+from editthinker.config import InferenceConfig, ThinkerModelConfig
 from editthinker.models.vlm import checkpoint_id, decode_image, load_thinker, thinker_messages
 from editthinker.protocol import Verdict, parse_thinker_answer
 from editthinker.roles import ThinkRequest
@@ -27,6 +27,7 @@ class VLMThinker:
         self,
         checkpoint: Path | str,
         cfg: ThinkerModelConfig | None = None,
+        inference: InferenceConfig | None = None,
         *,
         device: str | None = None,
         dtype: str | None = None,
@@ -35,17 +36,19 @@ class VLMThinker:
         stop_semantic: float | None = None,
         stop_quality: float | None = None,
     ):
-        """Settings come from `cfg` (params.thinker); keyword arguments override single fields."""
+        """Settings come from `cfg` (params.thinker) and `inference` (params.inference); keyword arguments
+        override single fields."""
         cfg = cfg or ThinkerModelConfig()
+        inference = inference or InferenceConfig()
         # a local folder stays a Path; anything else is a model id for from_pretrained
         self.checkpoint: Path | str = Path(checkpoint) if Path(checkpoint).is_dir() else str(checkpoint)
-        self.device = cfg.device if device is None else device
-        self.dtype = cfg.dtype if dtype is None else dtype
+        self.device = inference.device if device is None else device
+        self.dtype = inference.dtype if dtype is None else dtype
         model, processor = load_thinker(self.checkpoint, self.device, self.dtype)
         self.model: Any = model  # a generation-capable VLM (PreTrainedModel types generate loosely)
         self.processor: Any = processor
         self.model_id = checkpoint_id(self.checkpoint)
-        self.batch_size = cfg.infer_batch_size if batch_size is None else batch_size
+        self.batch_size = inference.batch_size if batch_size is None else batch_size
         if self.batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.max_new_tokens = cfg.max_new_tokens if max_new_tokens is None else max_new_tokens

@@ -18,12 +18,13 @@ from editthinker.config import Params
 from editthinker.lineage import make_lineage
 from editthinker.loop import Episode, EpisodeStart, run_episodes
 from editthinker.roles import Thinker
+from editthinker.stages import sections_of
 from editthinker.storage import atomic_dir, write_json
 from editthinker.usage import api_usage
 from editthinker.world.scene import render_png
 from editthinker.world.tasks import make_tasks
 
-SECTIONS = ("world", "editors", "expert", "judge", "thinker", "evaluate")
+SECTIONS = sections_of("evaluate")
 CHALLENGER = "editor+rl"
 BASELINE = "editor"
 
@@ -104,8 +105,8 @@ def run(params: Params, sft_checkpoint: Path, rl_checkpoint: Path, out_dir: Path
     thinkers: dict[str, Thinker | None] = {
         BASELINE: None,
         "editor+expert": build_expert(params.expert, ev.seed),
-        "editor+sft": load_vlm_thinker(sft_checkpoint, params.thinker),
-        CHALLENGER: load_vlm_thinker(rl_checkpoint, params.thinker),
+        "editor+sft": load_vlm_thinker(sft_checkpoint, params.thinker, params.inference),
+        CHALLENGER: load_vlm_thinker(rl_checkpoint, params.thinker, params.inference),
     }
     w = params.world
     tasks = make_tasks(ev.seed, range(ev.num_tasks), w.min_shapes, w.max_shapes, w.styles)

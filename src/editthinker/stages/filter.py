@@ -11,8 +11,9 @@ from typing import Any
 from editthinker.config import FilterConfig, Params
 from editthinker.lineage import make_lineage
 from editthinker.records import TRAJECTORY_SCHEMA, iter_rows, read_manifest, write_dataset
+from editthinker.stages import sections_of
 
-SECTIONS = ("filter",)
+SECTIONS = sections_of("filter")
 
 
 def filter_trajectory(turns: list[dict[str, Any]], cfg: FilterConfig) -> list[dict[str, Any]]:

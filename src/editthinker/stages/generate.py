@@ -13,11 +13,12 @@ from editthinker.config import Params
 from editthinker.lineage import make_lineage
 from editthinker.loop import Episode, EpisodeStart, run_episodes
 from editthinker.records import TRAJECTORY_SCHEMA, iter_rows, read_manifest, write_dataset
+from editthinker.stages import sections_of
 from editthinker.usage import Usage, api_usage, sum_usage
 from editthinker.world.scene import render_png
 from editthinker.world.tasks import Task, make_tasks
 
-SECTIONS = ("world", "editors", "expert", "judge", "generate")
+SECTIONS = sections_of("generate")
 CHUNK = 64  # episodes run in lockstep, so batched backends batch
 
 

@@ -18,6 +18,7 @@ from editthinker.config import Params
 from editthinker.models.vlm import load_thinker
 from editthinker.records import iter_rows
 from editthinker.rewards import REWARDS, make_context, trl_reward_func, weights_of
+from editthinker.stages import sections_of
 from editthinker.training import LogHistory, run_settings, save_checkpoint, series, thinker_dataset, train_timed
 
 # the step-sample columns the rewards read (they reach the reward functions as keyword arguments)
@@ -76,7 +77,7 @@ def run(params: Params, rl_data: Path, sft_checkpoint: Path, out_dir: Path) -> d
         **timing,
     }
     model.eval()
-    return save_checkpoint(Path(out_dir), trainer.model, processor, "rl", params, ("thinker", "rl"),
+    return save_checkpoint(Path(out_dir), trainer.model, processor, "rl", params, sections_of("rl"),
                            {"rl_data": Path(rl_data), "sft_checkpoint": Path(sft_checkpoint)}, metrics)  # fmt: skip
 
 

@@ -16,6 +16,7 @@ from trl import SFTConfig, SFTTrainer
 from editthinker.config import Params
 from editthinker.models.tiny_vlm import build_tiny_thinker
 from editthinker.records import iter_rows
+from editthinker.stages import sections_of
 from editthinker.training import LogHistory, run_settings, save_checkpoint, series, thinker_dataset, train_timed
 
 
@@ -58,5 +59,5 @@ def run(params: Params, sft_data: Path, out_dir: Path) -> dict[str, Any]:
         **timing,
     }
     model.eval()
-    return save_checkpoint(Path(out_dir), trainer.model, processor, "sft", params, ("thinker", "sft"),
+    return save_checkpoint(Path(out_dir), trainer.model, processor, "sft", params, sections_of("sft"),
                            {"sft_data": Path(sft_data)}, metrics)  # fmt: skip

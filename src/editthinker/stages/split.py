@@ -14,8 +14,9 @@ from editthinker.config import Params
 from editthinker.lineage import make_lineage
 from editthinker.protocol import format_thinker_answer
 from editthinker.records import STEP_SAMPLE_SCHEMA, iter_rows, read_manifest, write_dataset
+from editthinker.stages import sections_of
 
-SECTIONS = ("split",)
+SECTIONS = sections_of("split")
 ROWS_PER_SHARD = 4096
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from editthinker.config import Params
 from editthinker.lineage import LINEAGE_FILE, make_lineage
+from editthinker.stages import sections_of
 from editthinker.storage import atomic_dir, write_json
 
 if TYPE_CHECKING:
@@ -215,7 +216,7 @@ def run(params: Params, trajectories: Path, sft: Path, rl: Path, report_dir: Pat
         "success": all(r["success"] for r in results.values()),
         "datasets": results,
         "image_size": params.world.image_size,
-        "lineage": make_lineage("validate", params, ("world", "editors"), paths, {}),
+        "lineage": make_lineage("validate", params, sections_of("validate"), paths, {}),
     }
     with atomic_dir(Path(report_dir)) as tmp:
         write_json(tmp / REPORT_FILE, report)

@@ -1,0 +1,50 @@
+"""What dvc.yaml must say about each stage, from the one declaration (stages.SECTIONS) and the stage's imports.
+
+`python tests/stage_declarations.py` prints the `deps:` and `params:` lines of every stage, to paste into
+dvc.yaml after a change that moves them; tests/test_declarations.py fails until dvc.yaml agrees.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from editthinker.lineage import PACKAGE_ROOT, module_files
+from editthinker.stages import SECTIONS, STAGES, module_of
+
+REPO = PACKAGE_ROOT.parents[1]
+
+
+def code_files(stage: str) -> set[Path]:
+    """The package files `stage` runs (its module and everything it imports)."""
+    return set(module_files(module_of(stage)))
+
+
+def covered(deps: list[str]) -> set[Path]:
+    """The package's .py files that dvc.yaml `deps` entries cover (a folder covers every file under it)."""
+    out: set[Path] = set()
+    for d in deps:
+        path = REPO / d
+        if path.is_dir():
+            out.update(p for p in path.rglob("*.py") if p.is_relative_to(PACKAGE_ROOT))
+        elif path.suffix == ".py":
+            out.add(path)
+    return out
+
+
+def compressed(files: set[Path]) -> list[str]:
+    """`files` as dvc deps: a folder where every .py file under it is in `files`, else the files."""
+    folders = sorted(
+        {d for f in files for d in f.parents if d.is_relative_to(PACKAGE_ROOT) and d != PACKAGE_ROOT},
+        key=lambda d: len(d.parts),
+    )
+    whole: list[Path] = []
+    for d in folders:
+        if set(d.rglob("*.py")) <= files and not any(d.is_relative_to(w) for w in whole):
+            whole.append(d)
+    loose = [f for f in files if not any(f.is_relative_to(w) for w in whole)]
+    return sorted(str(p.relative_to(REPO)) for p in [*whole, *loose])
+
+
+if __name__ == "__main__":
+    for stage in STAGES:
+        print(f"{stage}:\n  params: [{', '.join(SECTIONS[stage])}]\n  code: {compressed(code_files(stage))}")
