@@ -26,11 +26,14 @@ def make_checkpoint(root: Path, name: str, weights: bytes) -> Path:
     return ckpt
 
 
-def make_eval(root: Path, name: str, overall: float, success_rate: float = 0.5) -> Path:
+def make_eval(root: Path, name: str, overall: float, *, of: Path, success_rate: float = 0.5) -> Path:
+    """An eval summary of checkpoint `of`, as the evaluate stage names it: lineage.inputs.rl_checkpoint."""
     d = root / name
     d.mkdir(parents=True)
     challenger = {"success_rate": success_rate, "overall": overall, "semantic": overall + 0.5}
-    (d / "summary.json").write_text(json.dumps({"systems": {"challenger": challenger}, "challenger": challenger}))
+    lineage = {"stage": "evaluate", "inputs": {"rl_checkpoint": hash_path(of), "sft_checkpoint": "s" * 64}}
+    summary = {"systems": {"challenger": challenger}, "challenger": challenger, "lineage": lineage}
+    (d / "summary.json").write_text(json.dumps(summary))
     return d
 
 
@@ -45,7 +48,7 @@ def reg(tmp_path: Path) -> Path:
 
 def test_first_checkpoint_becomes_champion(tmp_path: Path, reg: Path) -> None:
     ckpt = make_checkpoint(tmp_path, "a", b"aaaa")
-    d = promote.run(params(), ckpt, make_eval(tmp_path, "ea", 5.0), reg)
+    d = promote.run(params(), ckpt, make_eval(tmp_path, "ea", 5.0, of=ckpt), reg)
     assert d["version"] == "v0001" and d["promoted"] and d["champion"] == "v0001"
     assert d["champion_metric"] is None and d["challenger_metric"] == 5.0
     r = Registry(reg)
@@ -60,8 +63,10 @@ def test_first_checkpoint_becomes_champion(tmp_path: Path, reg: Path) -> None:
 
 
 def test_worse_challenger_registered_not_promoted(tmp_path: Path, reg: Path) -> None:
-    promote.run(params(), make_checkpoint(tmp_path, "a", b"a"), make_eval(tmp_path, "ea", 6.0), reg)
-    d = promote.run(params(), make_checkpoint(tmp_path, "b", b"b"), make_eval(tmp_path, "eb", 5.0), reg)
+    promote.run(params(), make_checkpoint(tmp_path, "a", b"a"), make_eval(tmp_path, "ea", 6.0, of=tmp_path / "a"), reg)
+    d = promote.run(
+        params(), make_checkpoint(tmp_path, "b", b"b"), make_eval(tmp_path, "eb", 5.0, of=tmp_path / "b"), reg
+    )
     assert d["version"] == "v0002" and not d["promoted"]
     assert d["champion"] == "v0001" and d["champion_metric"] == 6.0 and d["challenger_metric"] == 5.0
     r = Registry(reg)
@@ -71,18 +76,18 @@ def test_worse_challenger_registered_not_promoted(tmp_path: Path, reg: Path) -> 
 
 def test_better_by_less_than_margin_not_promoted(tmp_path: Path, reg: Path) -> None:
     p = params(margin=0.5)
-    promote.run(p, make_checkpoint(tmp_path, "a", b"a"), make_eval(tmp_path, "ea", 6.0), reg)
-    d = promote.run(p, make_checkpoint(tmp_path, "b", b"b"), make_eval(tmp_path, "eb", 6.3), reg)
+    promote.run(p, make_checkpoint(tmp_path, "a", b"a"), make_eval(tmp_path, "ea", 6.0, of=tmp_path / "a"), reg)
+    d = promote.run(p, make_checkpoint(tmp_path, "b", b"b"), make_eval(tmp_path, "eb", 6.3, of=tmp_path / "b"), reg)
     assert not d["promoted"] and d["champion"] == "v0001" and "0.5" in d["reason"]
     # exactly the margin is not "more than" the margin
-    d = promote.run(p, make_checkpoint(tmp_path, "c", b"c"), make_eval(tmp_path, "ec", 6.5), reg)
+    d = promote.run(p, make_checkpoint(tmp_path, "c", b"c"), make_eval(tmp_path, "ec", 6.5, of=tmp_path / "c"), reg)
     assert not d["promoted"] and Registry(reg).champion() == "v0001"
 
 
 def test_better_by_more_than_margin_promoted(tmp_path: Path, reg: Path) -> None:
     p = params(margin=0.5)
-    promote.run(p, make_checkpoint(tmp_path, "a", b"a"), make_eval(tmp_path, "ea", 6.0), reg)
-    d = promote.run(p, make_checkpoint(tmp_path, "b", b"b"), make_eval(tmp_path, "eb", 6.6), reg)
+    promote.run(p, make_checkpoint(tmp_path, "a", b"a"), make_eval(tmp_path, "ea", 6.0, of=tmp_path / "a"), reg)
+    d = promote.run(p, make_checkpoint(tmp_path, "b", b"b"), make_eval(tmp_path, "eb", 6.6, of=tmp_path / "b"), reg)
     assert d["promoted"] and d["version"] == "v0002" and d["champion"] == "v0002"
     assert d["previous_champion"] == "v0001" and d["champion_metric"] == 6.0
     assert Registry(reg).champion() == "v0002"
@@ -90,18 +95,28 @@ def test_better_by_more_than_margin_promoted(tmp_path: Path, reg: Path) -> None:
 
 def test_primary_metric_is_configurable(tmp_path: Path, reg: Path) -> None:
     p = params(metric="success_rate")
-    promote.run(p, make_checkpoint(tmp_path, "a", b"a"), make_eval(tmp_path, "ea", 6.0, success_rate=0.4), reg)
+    promote.run(
+        p,
+        make_checkpoint(tmp_path, "a", b"a"),
+        make_eval(tmp_path, "ea", 6.0, success_rate=0.4, of=tmp_path / "a"),
+        reg,
+    )
     # worse overall, better success rate: promoted on success_rate
-    d = promote.run(p, make_checkpoint(tmp_path, "b", b"b"), make_eval(tmp_path, "eb", 5.0, success_rate=0.6), reg)
+    d = promote.run(
+        p,
+        make_checkpoint(tmp_path, "b", b"b"),
+        make_eval(tmp_path, "eb", 5.0, success_rate=0.6, of=tmp_path / "b"),
+        reg,
+    )
     assert d["promoted"] and d["metric"] == "success_rate" and d["challenger_metric"] == 0.6
 
 
 def test_same_checkpoint_twice_is_a_noop(tmp_path: Path, reg: Path) -> None:
     ckpt = make_checkpoint(tmp_path, "a", b"aaaa")
-    first = promote.run(params(), ckpt, make_eval(tmp_path, "ea", 5.0), reg)
+    first = promote.run(params(), ckpt, make_eval(tmp_path, "ea", 5.0, of=ckpt), reg)
     # the same content under another name is the same checkpoint
     again = make_checkpoint(tmp_path, "a-copy", b"aaaa")
-    second = promote.run(params(), again, make_eval(tmp_path, "eb", 5.0), reg)
+    second = promote.run(params(), again, make_eval(tmp_path, "eb", 5.0, of=again), reg)
     assert second["version"] == first["version"] == "v0001"
     assert not second["registered_new"] and not second["promoted"] and second["champion"] == "v0001"
     assert Registry(reg).versions() == ["v0001"]
@@ -124,15 +139,15 @@ def test_summary_without_the_metric_is_a_clear_error(tmp_path: Path, reg: Path) 
 
 
 def test_other_benchmark_is_not_compared(tmp_path: Path, reg: Path) -> None:
-    promote.run(params(), make_checkpoint(tmp_path, "a", b"a"), make_eval(tmp_path, "ea", 5.0), reg)
+    promote.run(params(), make_checkpoint(tmp_path, "a", b"a"), make_eval(tmp_path, "ea", 5.0, of=tmp_path / "a"), reg)
     other = params(evaluate={"num_tasks": 7})
-    d = promote.run(other, make_checkpoint(tmp_path, "b", b"b"), make_eval(tmp_path, "eb", 9.0), reg)
+    d = promote.run(other, make_checkpoint(tmp_path, "b", b"b"), make_eval(tmp_path, "eb", 9.0, of=tmp_path / "b"), reg)
     assert not d["promoted"] and "benchmark" in d["reason"] and Registry(reg).champion() == "v0001"
 
 
 def test_concurrent_promotions_get_distinct_versions(tmp_path: Path, reg: Path) -> None:
     ckpts = [make_checkpoint(tmp_path, f"c{i}", bytes([i]) * 100) for i in range(6)]
-    evals = [make_eval(tmp_path, f"e{i}", float(i)) for i in range(6)]
+    evals = [make_eval(tmp_path, f"e{i}", float(i), of=ckpts[i]) for i in range(6)]
     errors: list[BaseException] = []
 
     def go(i: int) -> None:

@@ -65,7 +65,7 @@ def test_uri_switch(tmp_path):
 
 def test_first_checkpoint_becomes_champion(tmp_path, uri, p):
     ckpt = make_checkpoint(tmp_path, "a", b"aaaa")
-    d = promote.run(p, ckpt, make_eval(tmp_path, "ea", 5.0), uri)
+    d = promote.run(p, ckpt, make_eval(tmp_path, "ea", 5.0, of=ckpt), uri)
     assert d["version"] == "v0001" and d["promoted"] and d["registered_new"] and d["champion"] == "v0001"
     reg = s3reg(uri, p)
     assert reg.champion() == "v0001" and reg.versions() == ["v0001"]
@@ -84,26 +84,30 @@ def test_first_checkpoint_becomes_champion(tmp_path, uri, p):
 
 
 def test_worse_challenger_registered_not_promoted(tmp_path, uri, p):
-    promote.run(p, make_checkpoint(tmp_path, "a", b"a"), make_eval(tmp_path, "ea", 6.0), uri)
-    d = promote.run(p, make_checkpoint(tmp_path, "b", b"b"), make_eval(tmp_path, "eb", 5.0), uri)
+    promote.run(p, make_checkpoint(tmp_path, "a", b"a"), make_eval(tmp_path, "ea", 6.0, of=tmp_path / "a"), uri)
+    d = promote.run(p, make_checkpoint(tmp_path, "b", b"b"), make_eval(tmp_path, "eb", 5.0, of=tmp_path / "b"), uri)
     assert d["version"] == "v0002" and d["registered_new"] and not d["promoted"]
     assert d["champion"] == "v0001" and d["champion_metric"] == 6.0 and d["challenger_metric"] == 5.0
     reg = s3reg(uri, p)
     assert reg.versions() == ["v0001", "v0002"] and reg.champion() == "v0001"
     assert [x["promoted"] for x in reg.decisions()] == [True, False]
     # the gate reads the S3 registry through the same rule
-    gate = promote.challenge(p, make_checkpoint(tmp_path, "c", b"c"), make_eval(tmp_path, "ec", 7.0), uri)
+    gate = promote.challenge(
+        p, make_checkpoint(tmp_path, "c", b"c"), make_eval(tmp_path, "ec", 7.0, of=tmp_path / "c"), uri
+    )
     assert gate["beats_champion"] and gate["champion"] == "v0001" and gate["champion_metric"] == 6.0
     d = promote.run(p, tmp_path / "c", tmp_path / "ec", uri)
     assert d["promoted"] and d["previous_champion"] == "v0001" and reg.champion() == "v0003"
 
 
 def test_same_checkpoint_twice_is_a_noop(tmp_path, uri, p):
-    first = promote.run(p, make_checkpoint(tmp_path, "a", b"aaaa"), make_eval(tmp_path, "ea", 5.0), uri)
+    first = promote.run(
+        p, make_checkpoint(tmp_path, "a", b"aaaa"), make_eval(tmp_path, "ea", 5.0, of=tmp_path / "a"), uri
+    )
     reg = s3reg(uri, p)
     before = {k: v for k, v in all_objects(reg).items() if "/artifacts/" in k}
     again = make_checkpoint(tmp_path, "a-copy", b"aaaa")  # the same content under another name
-    second = promote.run(p, again, make_eval(tmp_path, "eb", 5.0), uri)
+    second = promote.run(p, again, make_eval(tmp_path, "eb", 5.0, of=again), uri)
     assert second["version"] == first["version"] == "v0001"
     assert not second["registered_new"] and not second["promoted"] and second["champion"] == "v0001"
     assert "already the champion" in second["reason"]
@@ -137,7 +141,9 @@ def _race(p: Params, uri: str, jobs: list[tuple[Path, Path]]) -> list[dict]:
 def test_concurrent_promotions_one_champion_every_version_once(tmp_path, uri, p):
     n = 6
     ckpts = [make_checkpoint(tmp_path, f"c{i}", bytes([i]) * 100) for i in range(n)]
-    evals = [make_eval(tmp_path, f"e{i}", float((i * 7) % n)) for i in range(n)]  # the best is not the last
+    evals = [
+        make_eval(tmp_path, f"e{i}", float((i * 7) % n), of=ckpts[i]) for i in range(n)
+    ]  # the best is not the last
     results = _race(p, uri, list(zip(ckpts, evals, strict=True)))
     reg = s3reg(uri, p)
     assert reg.versions() == [f"v{i:04d}" for i in range(1, n + 1)]
@@ -158,7 +164,7 @@ def test_concurrent_promotions_one_champion_every_version_once(tmp_path, uri, p)
 
 def test_concurrent_promotions_of_one_checkpoint_share_a_version(tmp_path, uri, p):
     ckpts = [make_checkpoint(tmp_path, f"c{i}", bytes([i % 2]) * 50) for i in range(4)]
-    evals = [make_eval(tmp_path, f"e{i}", float(i % 2)) for i in range(4)]
+    evals = [make_eval(tmp_path, f"e{i}", float(i % 2), of=ckpts[i]) for i in range(4)]
     results = _race(p, uri, list(zip(ckpts, evals, strict=True)))
     reg = s3reg(uri, p)
     assert reg.versions() == ["v0001", "v0002"]
@@ -168,8 +174,8 @@ def test_concurrent_promotions_of_one_checkpoint_share_a_version(tmp_path, uri, 
 
 
 def test_credentials_are_in_no_written_object(tmp_path, uri, p):
-    promote.run(p, make_checkpoint(tmp_path, "a", b"a"), make_eval(tmp_path, "ea", 5.0), uri)
-    promote.run(p, make_checkpoint(tmp_path, "b", b"b"), make_eval(tmp_path, "eb", 6.0), uri)
+    promote.run(p, make_checkpoint(tmp_path, "a", b"a"), make_eval(tmp_path, "ea", 5.0, of=tmp_path / "a"), uri)
+    promote.run(p, make_checkpoint(tmp_path, "b", b"b"), make_eval(tmp_path, "eb", 6.0, of=tmp_path / "b"), uri)
     reg = s3reg(uri, p)
     reg.download("champion", tmp_path / "dl")
     blobs = list(all_objects(reg).values())

@@ -14,7 +14,9 @@ name returns the existing one if the content is the same and fails otherwise.
 
 Aliases change by compare-and-swap with S3 conditional writes (`IfMatch=<etag>` to replace, `IfNoneMatch="*"`
 to create; AWS S3 has honoured both on PutObject since 2024): a promotion that raced another one gets 412,
-re-reads the alias and decides again, so two promotions cannot both win and neither update is lost.
+re-reads the alias and decides again, so two promotions cannot both win and neither update is lost. Not every
+S3-compatible store honours them (s3rver ignores both and stores the object anyway), so `probe_conditional_writes`
+checks a store with a probe object under `probes/` before anything relies on it (registry.S3Registry does).
 
 Credentials are never arguments, params or file contents here: boto3's default chain finds them
 (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE, an instance or pod role).
@@ -27,7 +29,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import boto3
 from boto3.s3.transfer import TransferConfig
@@ -67,6 +69,24 @@ def _missing(exc: ClientError) -> bool:
     return exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound")
 
 
+def _not_implemented(exc: ClientError) -> bool:
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return exc.response.get("Error", {}).get("Code") == "NotImplemented" or status == 501
+
+
+def make_client(cfg: S3Config) -> Any:
+    """A boto3 S3 client for `cfg`. No credential arguments: the default chain (environment, profile, role)
+    supplies them."""
+    return boto3.session.Session().client("s3", endpoint_url=cfg.endpoint_url, region_name=cfg.region)
+
+
+class ProbeResult(NamedTuple):
+    """What `S3Store.probe_conditional_writes` found: honoured, or the first condition the store ignored."""
+
+    honoured: bool
+    detail: str
+
+
 def file_index(local: Path) -> dict[str, dict[str, Any]]:
     """{relative posix path: {sha256, size}} of every file under a directory."""
     local = Path(local)
@@ -81,14 +101,21 @@ class S3Store:
         if not cfg.bucket:
             raise ValueError("s3.bucket is empty: set it in params.yaml")
         self.cfg = cfg
-        # No credential arguments: the default chain (environment, profile, role) supplies them.
-        self.client = client or boto3.session.Session().client(
-            "s3", endpoint_url=cfg.endpoint_url, region_name=cfg.region
-        )
+        self.client = client or make_client(cfg)
         self.transfer = transfer or TransferConfig()
 
     def key(self, *parts: str) -> str:
         return "/".join(p.strip("/") for p in (self.cfg.prefix, *parts) if p.strip("/"))
+
+    def uri(self, *parts: str) -> str:
+        return f"s3://{self.cfg.bucket}/{self.key(*parts)}"
+
+    def _json_body(self, body: Any, *parts: str) -> Any:
+        """Parse an object's body as JSON; a body that is not names its object."""
+        try:
+            return json.loads(body.read())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{self.uri(*parts)}: not valid JSON ({exc})") from None
 
     @staticmethod
     def _check_name(name: str) -> str:
@@ -106,7 +133,7 @@ class S3Store:
             if _missing(exc):
                 return None
             raise
-        return dict(json.loads(body.read()))
+        return dict(self._json_body(body, "artifacts", name, COMPLETE))
 
     def exists(self, name: str) -> bool:
         return self._marker(name) is not None
@@ -182,7 +209,10 @@ class S3Store:
             if _missing(exc):
                 return None, None
             raise
-        return dict(json.loads(r["Body"].read())), str(r["ETag"])
+        value = self._json_body(r["Body"], "aliases", f"{alias}.json")
+        if not isinstance(value, dict):
+            raise ValueError(f"{self.uri('aliases', f'{alias}.json')}: expected a JSON object, found {value!r:.80}")
+        return value, str(r["ETag"])
 
     def cas_alias(self, alias: str, value: Alias, expected_etag: str | None) -> str | None:
         """Write the alias only if it still has `expected_etag` (None: only if it does not exist yet).
@@ -216,6 +246,42 @@ class S3Store:
                 return new
             log.info("alias %r changed under us; reading it again", alias)
         raise AliasConflict(f"alias {alias!r}: gave up after {max_attempts} lost compare-and-swaps")
+
+    # --- does the store honour conditional writes? ----------------------------------------------------------
+    def probe_conditional_writes(self) -> ProbeResult:
+        """Check, with a probe object of its own (`probes/conditional-writes-<uuid>.json`, deleted afterwards),
+        that the store refuses a create over an existing object (`IfNoneMatch="*"`) and a replace with a wrong
+        ETag (`IfMatch`), and accepts a replace with the right ETag. The checks run one after another, so the
+        answer does not depend on timing. Other errors (credentials, network) are raised."""
+        key = self.key("probes", f"conditional-writes-{uuid.uuid4().hex}.json")
+        try:
+            return self._probe(key)
+        finally:
+            self.client.delete_object(Bucket=self.cfg.bucket, Key=key)
+
+    def _probe(self, key: str) -> ProbeResult:
+        etag = self._put(key, b'{"probe": 1}', IfNoneMatch="*")
+        if etag is None:
+            return ProbeResult(False, "a create with IfNoneMatch='*' of a fresh key was refused")
+        wrong = '"' + "0" * 32 + '"'
+        for cond, what in (({"IfNoneMatch": "*"}, "IfNoneMatch='*' over an existing object"),
+                           ({"IfMatch": wrong}, "IfMatch with a wrong ETag")):  # fmt: skip
+            if self._put(key, b'{"probe": 2}', **cond) is not None:
+                return ProbeResult(False, f"a write with {what} was accepted (it must fail with 412)")
+        if self._put(key, b'{"probe": 3}', IfMatch=etag) is None:
+            return ProbeResult(False, "a write with IfMatch and the object's own ETag was refused")
+        return ProbeResult(True, "IfMatch and IfNoneMatch are honoured")
+
+    def _put(self, key: str, body: bytes, **cond: str) -> str | None:
+        """PutObject with a condition: the new ETag, or None when the store refused it (412/409, or 501: a store
+        that does not implement the condition refuses the write, which is safe but useless)."""
+        try:
+            r = self.client.put_object(Bucket=self.cfg.bucket, Key=key, Body=body, **cond)
+        except ClientError as exc:
+            if _precondition_failed(exc) or _not_implemented(exc):
+                return None
+            raise
+        return str(r["ETag"])
 
 
 def dvc_remote_commands(cfg: S3Config, name: str = DVC_REMOTE_NAME) -> list[list[str]]:
