@@ -30,7 +30,11 @@ class Which(StrEnum):
     train = "train"
 
 
-ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params.yaml to compile and run with")]
+ParamsOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--params", "-p", help="params file to compile and run with; repeat to layer a recipe [params.yaml]"),
+]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE over the params files, later wins")]
 HostOpt = Annotated[str, typer.Option("--host", help="KFP API endpoint, e.g. http://localhost:8080")]
 ExperimentOpt = Annotated[str, typer.Option("--experiment", help="KFP experiment (created if missing)")]
 PipelineOpt = Annotated[Which, typer.Option("--pipeline", help="which pipeline")]
@@ -50,9 +54,9 @@ def client_factory(host: str, namespace: str | None) -> Any:
     return kfp.Client(host=host) if namespace is None else kfp.Client(host=host, namespace=namespace)
 
 
-def _params(path: Path) -> Params:
+def _params(paths: list[Path] | None, sets: list[str] | None) -> Params:
     try:
-        return load_params(path)
+        return load_params(*(paths or [Path("params.yaml")]), overrides=sets or [])
     except ConfigError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
@@ -90,14 +94,16 @@ def cron6(cron: str) -> str:
 
 @app.command("compile")
 def compile_(
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
     out: Annotated[Path, typer.Option("--out", help="output folder")] = Path("build/pipelines"),
 ) -> None:
     """Compile the data, train and factory pipelines to KFP YAML with params' platform settings."""
-    p = _params(params)
+    p = _params(params, set_)
     for name, path in compile_all(out, p).items():
         typer.echo(f"{name}\t{path}")
-    console.print(f"compiled with {params} (params sha256 {p.section_hash()[:12]})", highlight=False)
+    names = " + ".join(str(x) for x in params or [Path("params.yaml")]) + (" + --set" if set_ else "")
+    console.print(f"compiled with {names} (params sha256 {p.section_hash()[:12]})", highlight=False)
 
 
 @app.command()
@@ -105,7 +111,8 @@ def submit(
     host: HostOpt,
     experiment: ExperimentOpt = "editthinker",
     pipeline: PipelineOpt = Which.factory,
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
     registry: RegistryOpt = None,
     sft_data: SftOpt = None,
     rl_data: RlOpt = None,
@@ -113,7 +120,7 @@ def submit(
     no_cache: NoCacheOpt = False,
 ) -> None:
     """Compile one pipeline with params and start a run of it on a KFP backend."""
-    p = _params(params)
+    p = _params(params, set_)
     args = _arguments(p, pipeline, registry, sft_data, rl_data)
     name = run_name(p, pipeline.value)
     with tempfile.TemporaryDirectory() as tmp:
@@ -136,7 +143,8 @@ def schedule(
     cron: Annotated[str, typer.Option("--cron", help='e.g. "0 3 * * *" (crontab) or 6 fields with seconds')],
     experiment: ExperimentOpt = "editthinker",
     pipeline: PipelineOpt = Which.factory,
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
     registry: RegistryOpt = None,
     sft_data: SftOpt = None,
     rl_data: RlOpt = None,
@@ -148,7 +156,7 @@ def schedule(
     Steps are cached: a scheduled run whose params and inputs did not change reuses every cached output
     (challenge and promote still run). Use --no-cache to recompute everything each time.
     """
-    p = _params(params)
+    p = _params(params, set_)
     args = _arguments(p, pipeline, registry, sft_data, rl_data)
     expression = cron6(cron)
     name = run_name(p, pipeline.value)

@@ -15,6 +15,8 @@ from editthinker.config import KubernetesConfig
 
 UNCACHED = frozenset({"challenge", "promote"})  # read or write the registry: outside state, never cached
 REGISTRY_STEPS = ("challenge", "promote")
+TRAINING_STEPS = ("sft", "rl")
+CHECKPOINT_ROOT_ENV = "EDITTHINKER_CHECKPOINT_ROOT"  # editthinker.training reads it (not imported: kept light)
 
 
 def apply(task: PipelineTask, step: str, k8s: KubernetesConfig) -> PipelineTask:
@@ -47,6 +49,8 @@ def apply(task: PipelineTask, step: str, k8s: KubernetesConfig) -> PipelineTask:
     if k8s.model_cache.pvc and step in k8s.model_cache_steps:
         kubernetes.mount_pvc(task, pvc_name=k8s.model_cache.pvc, mount_path=k8s.model_cache.mount_path)
         task.set_env_variable("HF_HOME", k8s.model_cache.mount_path)
+        if step in TRAINING_STEPS:  # a retried training step resumes from its checkpoints on the volume
+            task.set_env_variable(CHECKPOINT_ROOT_ENV, f"{k8s.model_cache.mount_path.rstrip('/')}/checkpoints")
     if k8s.registry.pvc and step in REGISTRY_STEPS:
         kubernetes.mount_pvc(task, pvc_name=k8s.registry.pvc, mount_path=k8s.registry.mount_path)
     for secret in k8s.secrets:

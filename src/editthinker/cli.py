@@ -20,13 +20,23 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from editthinker.config import ConfigError, Params, load_params
+from editthinker.config import ConfigError, Params, load_params, params_yaml
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(stderr=True)
 
-ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params.yaml to validate and use")]
 DEFAULT_PARAMS = Path("params.yaml")
+ParamsOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--params", "-p", help="params file; repeat to layer a recipe over it, later wins [params.yaml]"),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="KEY=VALUE over the params files (dotted key, YAML value, e.g. sft.learning_rate=1e-5)"),
+]
+RestartOpt = Annotated[
+    bool, typer.Option("--restart", help="train from the start instead of resuming from the run's last checkpoint")
+]
 
 
 class Layout:
@@ -43,9 +53,10 @@ class Layout:
     registry = Path("registry")
 
 
-def _params(path: Path) -> Params:
+def _params(paths: list[Path] | None, sets: list[str] | None = None) -> Params:
+    """The params files layered in order (default params.yaml), then each --set; validated as one model."""
     try:
-        return load_params(path)
+        return load_params(*(paths or [DEFAULT_PARAMS]), overrides=sets or [])
     except ConfigError as exc:
         console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
         raise typer.Exit(2) from None
@@ -70,28 +81,29 @@ def _stage(name: str, fn: Callable[[], Any]) -> Any:
 
 
 @app.command()
-def generate(params: ParamsOpt = DEFAULT_PARAMS, out: Path = Layout.trajectories) -> None:
+def generate(params: ParamsOpt = None, set_: SetOpt = None, out: Path = Layout.trajectories) -> None:
     """Generate trajectories: the expert plays the thinker over every editor."""
     from editthinker.stages import generate as stage
 
-    p = _params(params)
+    p = _params(params, set_)
     _stage("generate", lambda: stage.run(p, out))
 
 
 @app.command("filter")
 def filter_(
-    params: ParamsOpt = DEFAULT_PARAMS, trajectories: Path = Layout.trajectories, out: Path = Layout.filtered
+    params: ParamsOpt = None, set_: SetOpt = None, trajectories: Path = Layout.trajectories, out: Path = Layout.filtered
 ) -> None:
     """Keep trajectories whose later turns beat the first; truncate at the best turn."""
     from editthinker.stages import filter as stage
 
-    p = _params(params)
+    p = _params(params, set_)
     _stage("filter", lambda: stage.run(p, trajectories, out))
 
 
 @app.command()
 def split(
-    params: ParamsOpt = DEFAULT_PARAMS,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
     filtered: Path = Layout.filtered,
     sft_out: Path = Layout.sft_data,
     rl_out: Path = Layout.rl_data,
@@ -99,13 +111,14 @@ def split(
     """Unroll trajectories into step samples, balance them, split SFT / RL."""
     from editthinker.stages import split as stage
 
-    p = _params(params)
+    p = _params(params, set_)
     _stage("split", lambda: stage.run(p, filtered, sft_out, rl_out))
 
 
 @app.command()
 def validate(
-    params: ParamsOpt = DEFAULT_PARAMS,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
     trajectories: Path = Layout.trajectories,
     sft: Path = Layout.sft_data,
     rl: Path = Layout.rl_data,
@@ -114,36 +127,45 @@ def validate(
     """Validate trajectories and step samples with great-expectations suites."""
     from editthinker.stages import validate as stage
 
-    p = _params(params)
+    p = _params(params, set_)
     _stage("validate", lambda: stage.run(p, trajectories, sft, rl, out))
 
 
 @app.command()
-def sft(params: ParamsOpt = DEFAULT_PARAMS, data: Path = Layout.sft_data, out: Path = Layout.sft_model) -> None:
-    """Supervised fine-tuning of the thinker (trl SFTTrainer)."""
+def sft(
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    data: Path = Layout.sft_data,
+    out: Path = Layout.sft_model,
+    restart: RestartOpt = False,
+) -> None:
+    """Supervised fine-tuning of the thinker (trl SFTTrainer); resumes a killed run with the same inputs and params."""
     from editthinker.stages import sft as stage
 
-    p = _params(params)
-    _stage("sft", lambda: stage.run(p, data, out))
+    p = _params(params, set_)
+    _stage("sft", lambda: stage.run(p, data, out, restart=restart))
 
 
 @app.command()
 def rl(
-    params: ParamsOpt = DEFAULT_PARAMS,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
     data: Path = Layout.rl_data,
     sft_checkpoint: Path = Layout.sft_model,
     out: Path = Layout.rl_model,
+    restart: RestartOpt = False,
 ) -> None:
-    """GRPO from the SFT checkpoint (trl GRPOTrainer) with the registered rewards."""
+    """GRPO from the SFT checkpoint (trl GRPOTrainer) with the registered rewards; resumes like sft."""
     from editthinker.stages import rl as stage
 
-    p = _params(params)
-    _stage("rl", lambda: stage.run(p, data, sft_checkpoint, out))
+    p = _params(params, set_)
+    _stage("rl", lambda: stage.run(p, data, sft_checkpoint, out, restart=restart))
 
 
 @app.command()
 def evaluate(
-    params: ParamsOpt = DEFAULT_PARAMS,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
     sft_checkpoint: Path = Layout.sft_model,
     rl_checkpoint: Path = Layout.rl_model,
     out: Path = Layout.evaluation,
@@ -151,7 +173,7 @@ def evaluate(
     """Evaluate editor alone / + expert / + SFT thinker / + RL thinker on the held-out benchmark."""
     from editthinker.stages import evaluate as stage
 
-    p = _params(params)
+    p = _params(params, set_)
     _stage("evaluate", lambda: stage.run(p, sft_checkpoint, rl_checkpoint, out))
     console.print((out / "summary.md").read_text(), highlight=False)
 
@@ -161,7 +183,8 @@ REGISTRY_HELP = "registry: a folder or s3://bucket/prefix (default: params promo
 
 @app.command()
 def promote(
-    params: ParamsOpt = DEFAULT_PARAMS,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
     checkpoint: Path = Layout.rl_model,
     eval_dir: Path = Layout.evaluation,
     registry: Annotated[Path | None, typer.Option(help=REGISTRY_HELP)] = None,
@@ -169,30 +192,36 @@ def promote(
     """Register the checkpoint; make it champion only if it beats the champion by the margin."""
     from editthinker.stages import promote as stage
 
-    p = _params(params)
+    p = _params(params, set_)
     _stage("promote", lambda: stage.run(p, checkpoint, eval_dir, registry or Path(p.promote.registry)))
 
 
 STAGES = ("generate", "filter", "split", "validate", "sft", "rl", "evaluate", "promote")
 
 
-def _run_stage_process(stage: str, params: Path) -> tuple[float, float, int]:
+def _params_args(paths: list[Path] | None, sets: list[str] | None) -> list[str]:
+    """The --params / --set options that give a stage process the same params."""
+    args = [a for p in paths or [DEFAULT_PARAMS] for a in ("--params", str(p))]
+    return args + [a for s in sets or [] for a in ("--set", s)]
+
+
+def _run_stage_process(stage: str, params_args: list[str]) -> tuple[float, float, int]:
     """Run one stage as its own process; (wall seconds, peak RSS in MiB, exit code)."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "editthinker.cli", stage, "--params", str(params)])
+    proc = subprocess.Popen([sys.executable, "-m", "editthinker.cli", stage, *params_args])
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     return time.perf_counter() - t0, usage.ru_maxrss / 1024, proc.returncode
 
 
 @app.command("run")
-def run_all(params: ParamsOpt = DEFAULT_PARAMS, stats: Path = Path("reports/run_stats.json")) -> None:
+def run_all(params: ParamsOpt = None, set_: SetOpt = None, stats: Path = Path("reports/run_stats.json")) -> None:
     """The whole factory, stage by stage (each its own process, so its peak memory is measured)."""
-    _params(params)  # fail fast on bad params, before any work
+    _params(params, set_)  # fail fast on bad params, before any work
     rows: list[dict[str, Any]] = []
     for stage in STAGES:
         console.rule(f"[bold]{stage}")
-        wall, rss, code = _run_stage_process(stage, params)
+        wall, rss, code = _run_stage_process(stage, _params_args(params, set_))
         rows.append({"stage": stage, "wall_s": round(wall, 2), "peak_rss_mib": round(rss, 1)})
         if code != 0:
             console.print(f"[red]stage {stage} failed (exit {code}); later stages not run[/red]")
@@ -213,6 +242,26 @@ def run_all(params: ParamsOpt = DEFAULT_PARAMS, stats: Path = Path("reports/run_
         f"reports: {Layout.evaluation}/summary.md, {Layout.evaluation}/summary.json, "
         f"{Layout.evaluation}/score_by_turn.png, {Layout.validation}/report.md, registry: {Layout.registry}/"
     )
+
+
+params_app = typer.Typer(add_completion=False, no_args_is_help=True, help="The params the stages would run with.")
+app.add_typer(params_app, name="params")
+
+
+@params_app.command("show")
+def params_show(
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    section: Annotated[str | None, typer.Option("--section", help="only this section (sft, rl, thinker, ...)")] = None,
+) -> None:
+    """Print the merged, validated params as YAML (every key, defaults included); a file that loads back the same."""
+    p = _params(params, set_)
+    try:
+        text = params_yaml(p, section)
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    typer.echo(text, nl=False)
 
 
 def _pipeline_app() -> typer.Typer:
@@ -245,7 +294,8 @@ def edit_one(
     editor: Annotated[str, typer.Option(help="an editor name from params.editors")],
     out: Annotated[Path, typer.Option(help="output folder: turn-N.png, trace.json, index.html")],
     thinker: Annotated[str, typer.Option(help="a checkpoint folder, 'model', 'expert' or 'none'")] = "none",
-    params: ParamsOpt = DEFAULT_PARAMS,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
     max_turns: Annotated[int | None, typer.Option(help="default: params evaluate.max_turns")] = None,
     seed: int = 0,
     reference: Annotated[Path | None, typer.Option(help="target scene JSON (synthetic expert / judge)")] = None,
@@ -253,7 +303,7 @@ def edit_one(
     """Think-while-Edit on one image: every turn's image, the trace as JSON and an HTML strip."""
     from editthinker import single_edit
 
-    p = _params(params)
+    p = _params(params, set_)
     ref = reference.read_text() if reference is not None else None
     result = _stage("edit", lambda: single_edit.run(p, image, instruction, editor, thinker, out, max_turns, seed, ref))
     console.print(f"{out}/index.html: {len(result['turns'])} turn(s), stopped: {result['stop_reason']}")
@@ -262,7 +312,8 @@ def edit_one(
 @app.command("serve-editor")
 def serve_editor(
     editor: Annotated[str, typer.Option(help="an editor name from params.editors")],
-    params: ParamsOpt = DEFAULT_PARAMS,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
     host: str = "127.0.0.1",
     port: int = 8700,
 ) -> None:
@@ -270,7 +321,7 @@ def serve_editor(
     from editthinker.backends.factory import build_editor
     from editthinker.backends.http_editor import EditorServer, make_app
 
-    p = _params(params)
+    p = _params(params, set_)
     cfgs = {e.name: e for e in p.editors}
     if editor not in cfgs:
         console.print(f"[red]error:[/red] editor {editor!r} is not in params.editors {sorted(cfgs)}")

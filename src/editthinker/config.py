@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -188,10 +189,27 @@ class SplitConfig(_Strict):
     seed: int = 7
 
 
-class ThinkerModelConfig(_Strict):
-    """The thinker being trained: what SFT builds and RL continues. Inference-only settings live in `inference`."""
+THINKER_KINDS = ("tiny-qwen2.5-vl", "tiny-qwen3-vl")
 
-    kind: Literal["tiny-qwen2.5-vl"] = "tiny-qwen2.5-vl"
+
+class ThinkerModelConfig(_Strict):
+    """The thinker being trained: what SFT starts from and RL continues. Inference-only settings live in
+    `inference`.
+
+    `base_model` names a pretrained image-text-to-text model (a hub id such as Qwen/Qwen3-VL-8B-Instruct, or a
+    folder), loaded with from_pretrained (safetensors only); its family (Qwen2.5-VL, Qwen3-VL, ...) is read from
+    its config. None builds the tiny offline thinker of `kind` from the sizes below (the demo); the sizes are
+    ignored with a base model."""
+
+    base_model: str | None = None
+    revision: str | None = None  # a branch, tag or commit of base_model on the hub
+    trust_remote_code: bool = False  # only for families transformers does not ship; off: no code runs from a model
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # the base's weights when loaded for training
+    # the image processor's pixel budget per image (Qwen-VL smart resize), saved with the checkpoint's processor;
+    # None keeps the processor's own
+    image_min_pixels: int | None = Field(None, ge=1)
+    image_max_pixels: int | None = Field(None, ge=1)
+    kind: Literal["tiny-qwen2.5-vl", "tiny-qwen3-vl"] = "tiny-qwen2.5-vl"  # the tiny thinker's family
     hidden_size: int = Field(128, ge=16)
     num_layers: int = Field(2, ge=1)
     num_heads: int = Field(8, ge=1)
@@ -201,6 +219,14 @@ class ThinkerModelConfig(_Strict):
     stop_quality: float = 8.0
     vision_hidden_size: int = Field(64, ge=16)  # the ViT's width (its output is projected to hidden_size)
     vision_layers: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _pixels(self) -> ThinkerModelConfig:
+        if self.image_min_pixels and self.image_max_pixels and self.image_min_pixels > self.image_max_pixels:
+            raise ValueError("image_min_pixels must not exceed image_max_pixels")
+        if self.base_model is not None and not self.base_model.strip():
+            raise ValueError("base_model: give a hub id or a folder, or null for the tiny offline thinker")
+        return self
 
 
 class InferenceConfig(_Strict):
@@ -215,16 +241,66 @@ class InferenceConfig(_Strict):
     thinker_model: str | None = None
 
 
-class SFTParams(_Strict):
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class LoraParams(_Strict):
+    """LoRA adapters (peft) instead of a full fine-tune; `quantization` 4bit/8bit makes it QLoRA (bitsandbytes,
+    CUDA only). Adapters go on the linear layers named `target_modules` inside the parts that are not frozen
+    (freeze_vision_tower / freeze_projector / freeze_language_model). The stage saves the merged model (what
+    `VLMThinker` and the next stage load) and the adapter itself under `adapter/`."""
+
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: list(LORA_TARGETS), min_length=1)
+    quantization: Literal["none", "4bit", "8bit"] = "none"
+
+
+class TrainingParams(_Strict):
+    """What the two training stages (sft, rl) share: schedule, batch, precision, what trains, checkpoints.
+
+    Batch: `batch_size` per device x `gradient_accumulation_steps` x processes is the global batch; set
+    `global_batch_size` instead of the accumulation to have it derived from the launch's process count."""
+
+    max_steps: int | None = Field(None, ge=1)  # None: num_train_epochs over the data
+    num_train_epochs: float = Field(1.0, gt=0)
+    learning_rate: float = Field(1e-5, gt=0)
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.0, ge=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(4, ge=1)  # per device
+    gradient_accumulation_steps: int = Field(1, ge=1)  # ignored when global_batch_size is set
+    global_batch_size: int | None = Field(None, ge=1)  # set: accumulation = global / (batch_size x processes)
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on a GPU that has it, else fp32
+    gradient_checkpointing: bool = False
+    freeze_vision_tower: bool = False
+    freeze_projector: bool = False
+    freeze_language_model: bool = False
+    lora: LoraParams | None = None  # None: full fine-tune of what is not frozen
+    # resumable training: a checkpoint every save_steps optimizer steps (0: none), the newest save_total_limit kept;
+    # a rerun with the same inputs and params resumes from the newest one
+    save_steps: int = Field(200, ge=0)
+    save_total_limit: int = Field(2, ge=1)
+    seed: int = 0
+    torch_threads: int = Field(1, ge=0)  # CPU threads for torch (0: torch's default); tiny batches gain nothing
+
+    @model_validator(mode="after")
+    def _what_trains(self) -> TrainingParams:
+        if self.freeze_vision_tower and self.freeze_projector and self.freeze_language_model:
+            raise ValueError("freeze_vision_tower, freeze_projector and freeze_language_model: nothing would train")
+        return self
+
+
+class SFTParams(TrainingParams):
     # a from-scratch tiny model learns to copy/rewrite instructions by number of updates, not batch size:
     # many small steps (~70-90 s on one CPU core for a few hundred samples)
-    max_steps: int = Field(1000, ge=1)
+    max_steps: int | None = Field(1000, ge=1)
     learning_rate: float = Field(4e-3, gt=0)
-    batch_size: int = Field(4, ge=1)
     warmup_ratio: float = Field(0.1, ge=0, le=1)
     weight_decay: float = Field(1e-6, ge=0)
+    max_length: int | None = Field(None, ge=16)  # cutoff in tokens (prompt, image tokens and completion); None: none
     seed: int = 11
-    torch_threads: int = Field(1, ge=0)  # CPU threads for torch (0: torch's default); tiny batches gain nothing
 
 
 class RewardWeights(_Strict):
@@ -233,17 +309,41 @@ class RewardWeights(_Strict):
     edit: float = 0.5
 
 
-class RLParams(_Strict):
-    max_steps: int = Field(80, ge=1)  # ~30 s on one CPU core at batch 8 (2 prompts x 4 completions)
+class RLParams(TrainingParams):
+    """GRPO. `batch_size` (and `global_batch_size`) count completions: prompts x num_generations."""
+
+    max_steps: int | None = Field(80, ge=1)  # ~30 s on one CPU core at batch 8 (2 prompts x 4 completions)
     learning_rate: float = Field(5e-4, gt=0)
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "linear"
     batch_size: int = Field(8, ge=1)
     num_generations: int = Field(4, ge=2)
     beta: float = Field(1e-3, ge=0)  # KL coefficient
     temperature: float = Field(1.0, gt=0)
+    max_completion_length: int | None = Field(None, ge=8)  # None: thinker.max_new_tokens
     rewards: RewardWeights = RewardWeights()
     edit_metric: Literal["semantic", "overall"] = "semantic"  # E in R_edit = (E(new) - E(previous)) / 10
+    # the edit reward's calls: the re-edits of a batch go to each editor as one call, with edit_timeout_s per edit
+    # in it; the judge scores them concurrently, judge_timeout_s per call. A call over its time, or one that fails,
+    # gives its completions the neutral edit reward and is counted in the rl metrics (the release: 70 s an edit)
+    edit_timeout_s: float = Field(70.0, gt=0)
+    judge_timeout_s: float = Field(70.0, gt=0)
+    # generation with vLLM (trl's use_vllm; needs the vllm package and a GPU): colocate shares the training GPUs,
+    # server talks to `trl vllm-serve` at vllm_server_url
+    use_vllm: bool = False
+    vllm_mode: Literal["colocate", "server"] = "colocate"
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
+    vllm_server_url: str | None = None
     seed: int = 13
-    torch_threads: int = Field(1, ge=0)  # CPU threads for torch (0: torch's default)
+
+    @model_validator(mode="after")
+    def _groups(self) -> RLParams:
+        if self.batch_size % self.num_generations:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of num_generations")
+        if self.global_batch_size is not None and self.global_batch_size % self.num_generations:
+            raise ValueError(f"global_batch_size ({self.global_batch_size}) must be a multiple of num_generations")
+        if self.use_vllm and self.vllm_mode == "server" and not self.vllm_server_url:
+            raise ValueError("vllm_mode server needs vllm_server_url (where `trl vllm-serve` listens)")
+        return self
 
 
 class EvaluateConfig(_Strict):
@@ -434,7 +534,18 @@ class ConfigError(ValueError):
     """A params file that does not validate; the message names every offending key."""
 
 
-def _format_errors(exc: ValidationError) -> str:
+Key = tuple[str, ...]
+
+
+def _source_of(loc: Key, sources: dict[Key, str]) -> str | None:
+    """The layer that set `loc` or the nearest key above it (a whole mapping set by one layer)."""
+    for i in range(len(loc), 0, -1):
+        if loc[:i] in sources:
+            return sources[loc[:i]]
+    return None
+
+
+def _format_errors(exc: ValidationError, sources: dict[Key, str] | None = None) -> str:
     lines = []
     for err in exc.errors():
         loc = [str(p) for p in err["loc"]]
@@ -442,25 +553,138 @@ def _format_errors(exc: ValidationError) -> str:
             del loc[2]  # the editor kind's tag, not a key
         key = ".".join(loc) or "<root>"
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        lines.append(f"  {key}: {msg}")
+        where = _source_of(tuple(loc), sources) if sources else None
+        lines.append(f"  {key}: {msg}" + (f" (from {where})" if where else ""))
     return "\n".join(lines)
 
 
-def parse_params(data: dict[str, Any] | None, source: str = "params") -> Params:
+def parse_params(data: dict[str, Any] | None, source: str = "params", sources: dict[Key, str] | None = None) -> Params:
+    """Validate one mapping of params; `sources` (key path -> the file or --set that gave it) adds where each
+    offending key came from to the error."""
     try:
         return Params.model_validate(data or {})
     except ValidationError as exc:
-        raise ConfigError(f"invalid {source}:\n{_format_errors(exc)}") from None
+        raise ConfigError(f"invalid {source}:\n{_format_errors(exc, sources)}") from None
 
 
-def load_params(path: str | Path) -> Params:
-    p = Path(path)
+class _Loader(yaml.SafeLoader):
+    """YAML as safe_load reads it, but 1e-5 is a float (YAML 1.1 wants 1.0e-5, and reads 1e-5 as a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.load(path.read_text(), Loader=_Loader)
     except FileNotFoundError:
-        raise ConfigError(f"params file not found: {p}") from None
+        raise ConfigError(f"params file not found: {path}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{p} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     if data is not None and not isinstance(data, dict):
-        raise ConfigError(f"{p}: the top level must be a mapping")
-    return parse_params(data, str(p))
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return data or {}
+
+
+def _record(value: Any, at: Key, source: str, sources: dict[Key, str]) -> None:
+    sources[at] = source
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _record(v, (*at, str(k)), source, sources)
+
+
+def merge_layer(base: dict[str, Any], layer: dict[str, Any], source: str, sources: dict[Key, str],
+                at: Key = ()) -> dict[str, Any]:  # fmt: skip
+    """`layer` over `base`: mappings merge key by key, anything else (scalars, lists) is replaced whole."""
+    out = dict(base)
+    for k, v in layer.items():
+        key = (*at, str(k))
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge_layer(out[k], v, source, sources, key)
+        else:
+            out[k] = v
+            _record(v, key, source, sources)
+    return out
+
+
+def parse_override(text: str) -> tuple[Key, Any]:
+    """`a.b.c=value` -> (("a", "b", "c"), value); the value is read as YAML (1e-5, true, null, [a, b], {k: v})."""
+    key, sep, raw = text.partition("=")
+    parts = tuple(key.strip().split("."))
+    if not sep or not all(p.strip() for p in parts):
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE with a dotted key, e.g. sft.learning_rate=1e-5")
+    try:
+        value = yaml.load(raw, Loader=_Loader) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML: {exc}") from None
+    return parts, value
+
+
+def _nested(key: Key, value: Any, data: dict[str, Any], text: str) -> dict[str, Any]:
+    """`value` at `key` as a layer over `data`; a numeric part indexes a list already there (editors.0.device)."""
+    head, rest = key[0], key[1:]
+    if not rest:
+        return {head: value}
+    current = data.get(head) if isinstance(data, dict) else None
+    if isinstance(current, list):
+        if not rest[0].isdigit() or int(rest[0]) >= len(current):
+            raise ConfigError(f"--set {text}: {head} is a list of {len(current)}; index it as {head}.0 .. {head}.N")
+        items = list(current)
+        i = int(rest[0])
+        if len(rest) == 1:
+            items[i] = value
+        else:
+            if not isinstance(items[i], dict):
+                raise ConfigError(f"--set {text}: {head}.{i} is not a mapping")
+            items[i] = merge_layer(items[i], _nested(rest[1:], value, items[i], text), "", {})
+        return {head: items}
+    if current is not None and not isinstance(current, dict):
+        raise ConfigError(f"--set {text}: {head} is a value, not a mapping of keys")
+    return {head: _nested(rest, value, current or {}, text)}
+
+
+def merge_params(paths: Sequence[str | Path], overrides: Sequence[str] = ()) -> tuple[dict[str, Any], dict[Key, str]]:
+    """The params files in order, then each `--set KEY=VALUE`, later over earlier; with the layer that set each
+    key (for error messages)."""
+    data: dict[str, Any] = {}
+    sources: dict[Key, str] = {}
+    for path in paths:
+        data = merge_layer(data, _read_yaml(Path(path)), str(path), sources)
+    for text in overrides:
+        key, value = parse_override(text)
+        data = merge_layer(data, _nested(key, value, data, text), f"--set {text}", sources)
+    return data, sources
+
+
+def load_params(*paths: str | Path, overrides: Sequence[str] = ()) -> Params:
+    """Params from one or more files layered in order (a recipe over params.yaml), then `overrides` (KEY=VALUE,
+    dotted keys) over them; validated as one model. The stages hash the merged result for lineage."""
+    data, sources = merge_params(paths, overrides)
+    layers = [str(p) for p in paths] + (["--set"] if overrides else [])
+    return parse_params(data, " + ".join(layers) or "params", sources if len(layers) > 1 else None)
+
+
+def params_yaml(params: Params, section: str | None = None) -> str:
+    """Validated params as YAML: what `editthinker params show` prints, and a file that loads back to the same
+    params. Every key with its value, defaults included, but the API settings of a role that is not `kind: openai`
+    (which refuses them)."""
+    full = params.model_dump(mode="json")
+    given = params.model_dump(mode="json", exclude_unset=True)
+    if section is not None and section not in full:
+        raise ConfigError(f"no params section {section!r}; sections: {list(full)}")
+    data: dict[str, Any] = {}
+    for name in [section] if section is not None else list(full):
+        value = full[name]
+        if isinstance(value, dict) and value.get("kind") != "openai" and set(_OPENAI_FIELDS) <= set(value):
+            value = {k: v for k, v in value.items() if k not in _OPENAI_FIELDS}  # a synthetic role's own keys
+        try:
+            Params.model_validate({name: value})
+            data[name] = value
+        except ValidationError:
+            if name in given:
+                data[name] = given[name]
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=120)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -76,13 +77,22 @@ def decode_image(png: bytes) -> Image.Image:
         return im.convert("RGB")
 
 
-def save_thinker(model, processor, path: Path, kind: str) -> None:
+def save_thinker(model, processor, path: Path, kind: str, state_dict: dict | None = None) -> None:
     """Write model (safetensors), processor and tokenizer files into `path`; `kind` names the thinker (e.g.
-    tiny-qwen2.5-vl) in THINKER_FILE and so in its checkpoint id."""
+    tiny-qwen2.5-vl) in THINKER_FILE and so in its checkpoint id. `state_dict`: the weights to write when the
+    model does not hold them whole (gathered from shards)."""
     path = Path(path)
-    model.save_pretrained(path, safe_serialization=True)
+    model.save_pretrained(path, safe_serialization=True, state_dict=state_dict)
     processor.save_pretrained(path)
     (path / THINKER_FILE).write_text(json.dumps({"kind": kind}, indent=2, sort_keys=True) + "\n")
+
+
+def kind_of(folder: Path) -> str:
+    """A checkpoint folder's kind: from THINKER_FILE, else its config's model_type."""
+    meta = Path(folder) / THINKER_FILE
+    if meta.is_file():
+        return str(json.loads(meta.read_text())["kind"])
+    return str(json.loads((Path(folder) / "config.json").read_text()).get("model_type", "vlm"))
 
 
 def checkpoint_id(path: Path | str) -> str:
@@ -95,13 +105,60 @@ def checkpoint_id(path: Path | str) -> str:
     weights = folder / "model.safetensors"
     if not weights.is_file():
         weights = folder / "model.safetensors.index.json"
-    h = sha256_file(weights)
-    meta = folder / THINKER_FILE
-    if meta.is_file():
-        kind = str(json.loads(meta.read_text())["kind"])
-    else:
-        kind = str(json.loads((folder / "config.json").read_text()).get("model_type", "vlm"))
-    return f"{kind}@{h[:12]}"
+    return f"{kind_of(folder)}@{sha256_file(weights)[:12]}"
+
+
+def family_of(model: PreTrainedModel) -> str:
+    """The model's family as its config names it (qwen2_5_vl, qwen3_vl, llava, ...)."""
+    return str(getattr(model.config, "model_type", "") or type(model).__name__)
+
+
+def set_image_pixels(processor: ProcessorMixin, min_pixels: int | None, max_pixels: int | None) -> None:
+    """Give the processor's image processor a pixel budget per image (Qwen-VL smart resize: `size` shortest_edge /
+    longest_edge, in pixels); saved with the processor, so training and inference see the same images."""
+    if min_pixels is None and max_pixels is None:
+        return
+    image_processor: Any = getattr(processor, "image_processor", None)
+    size = getattr(image_processor, "size", None)
+    if size is None or not hasattr(size, "longest_edge"):
+        raise ValueError(f"{type(image_processor).__name__} has no pixel budget (size.longest_edge) to set")
+    lo = size.shortest_edge if min_pixels is None else min_pixels
+    hi = size.longest_edge if max_pixels is None else max_pixels
+    if lo > hi:
+        raise ValueError(f"image min pixels {lo} exceed max pixels {hi}")
+    image_processor.size = type(size)(shortest_edge=lo, longest_edge=hi)
+
+
+def load_base(
+    base: str,
+    revision: str | None = None,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    quantization: str = "none",
+) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """A pretrained image-text-to-text model to train from: a hub id (at `revision`) or a folder, read the same
+    way; safetensors only. `quantization` 4bit / 8bit loads it through bitsandbytes for QLoRA (CUDA only)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
+    kwargs: dict = {"revision": revision, "trust_remote_code": trust_remote_code}
+    extra: dict = {}
+    if quantization != "none":
+        from transformers import BitsAndBytesConfig
+
+        extra["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=quantization == "4bit",
+            load_in_8bit=quantization == "8bit",
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=DTYPES[dtype],
+        )
+    model = AutoModelForImageTextToText.from_pretrained(
+        base, use_safetensors=True, dtype=DTYPES[dtype], **kwargs, **extra
+    )
+    processor = AutoProcessor.from_pretrained(base, **kwargs)
+    if not hasattr(processor, "image_processor"):  # AutoProcessor silently falls back to a bare tokenizer
+        raise TypeError(f"{base}: AutoProcessor gave {type(processor).__name__}, which reads no images")
+    return model, processor
 
 
 def load_thinker(

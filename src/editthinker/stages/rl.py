@@ -1,84 +1,135 @@
-"""RL stage: GRPO from the SFT checkpoint (trl GRPOTrainer, CPU) with the registered rewards.
+"""RL stage: GRPO from the SFT checkpoint (trl GRPOTrainer) with the registered rewards.
 
 Each RL step sample is an image prompt; the thinker samples `num_generations` answers per prompt, and
 each answer is scored by format, critic and edit-improvement rewards (rewards.py), weighted by
-params.rl.rewards. `rl.batch_size` counts completions per step (prompts x num_generations).
+params.rl.rewards. `rl.batch_size` counts completions per step (prompts x num_generations). The edit reward
+sends a batch's re-edits to the editors and the judge as batched, concurrent calls with timeouts; what timed
+out or failed is counted in the metrics (`edit_calls`). A rerun with the same inputs and params resumes from
+the run's last checkpoint (`restart` starts over). `rl.use_vllm` generates with vLLM (GPU, vllm installed).
 """
 
 from __future__ import annotations
 
-import tempfile
+import importlib.util
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
-from editthinker.config import Params
-from editthinker.models.vlm import load_thinker
+from editthinker.config import Params, RLParams
+from editthinker.models.vlm import kind_of, load_base
 from editthinker.records import iter_rows
-from editthinker.rewards import REWARDS, make_context, trl_reward_func, weights_of
+from editthinker.rewards import REWARDS, EditCallStats, make_context, trl_reward_func, weights_of
 from editthinker.stages import sections_of
-from editthinker.training import LogHistory, run_settings, save_checkpoint, series, thinker_dataset, train_timed
+from editthinker.training import (
+    LogHistory,
+    close_work_dir,
+    open_work_dir,
+    prepare_model,
+    run_key,
+    save_checkpoint,
+    series,
+    thinker_dataset,
+    train_timed,
+    trainer_settings,
+    work_dir,
+)
 
 # the step-sample columns the rewards read (they reach the reward functions as keyword arguments)
 REWARD_COLUMNS = ("editor", "seed", "source_png", "original_instruction", "previous_instruction", "target_scene",
                   "target_semantic", "target_quality")  # fmt: skip
+EDIT_CALLS_FILE = "edit_calls.json"  # the edit reward's call counts, saved with each checkpoint
 
 
-def run(params: Params, rl_data: Path, sft_checkpoint: Path, out_dir: Path) -> dict[str, Any]:
+class SaveEditCalls(TrainerCallback):
+    """Keeps the edit reward's call counts with each checkpoint, so a resumed run counts on from them."""
+
+    def __init__(self, stats: EditCallStats) -> None:
+        self.stats = stats
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            (folder / EDIT_CALLS_FILE).write_text(json.dumps(self.stats.as_dict(), sort_keys=True) + "\n")
+
+
+def vllm_settings(cfg: RLParams) -> dict[str, Any]:
+    """trl's vLLM generation settings, when rl.use_vllm asks for them."""
+    if not cfg.use_vllm:
+        return {}
+    if importlib.util.find_spec("vllm") is None:
+        raise ValueError("rl.use_vllm: the vllm package is not installed (pip install vllm, on a GPU machine)")
+    settings: dict[str, Any] = {"use_vllm": True, "vllm_mode": cfg.vllm_mode}
+    if cfg.vllm_mode == "colocate":
+        settings["vllm_gpu_memory_utilization"] = cfg.vllm_gpu_memory_utilization
+    else:
+        settings["vllm_server_base_url"] = cfg.vllm_server_url
+    return settings
+
+
+def run(params: Params, rl_data: Path, sft_checkpoint: Path, out_dir: Path, restart: bool = False) -> dict[str, Any]:
     cfg = params.rl
-    if cfg.batch_size % cfg.num_generations:
-        raise ValueError(f"rl.batch_size ({cfg.batch_size}) must be a multiple of rl.num_generations")
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     samples = list(iter_rows(Path(rl_data)))
     dataset = thinker_dataset(samples, completion=False, keep=REWARD_COLUMNS)
-    model, processor = load_thinker(Path(sft_checkpoint))
+    inputs = {"rl_data": Path(rl_data), "sft_checkpoint": Path(sft_checkpoint)}
+    work = work_dir(Path(out_dir), "rl", run_key("rl", params, sections_of("rl"), inputs))
+    resume = open_work_dir(work, restart)
+    quantization = cfg.lora.quantization if cfg.lora else "none"
+    model, processor = load_base(str(sft_checkpoint), dtype=params.thinker.dtype, quantization=quantization)
+    peft_config = prepare_model(model, cfg)
     model.train()
     ctx = make_context(params)
+    if resume is not None and (resume / EDIT_CALLS_FILE).is_file():
+        ctx.stats.load(json.loads((resume / EDIT_CALLS_FILE).read_text()))
     weights = weights_of(cfg.rewards)
     names = list(REWARDS)
-    history = LogHistory("rl")
-    with tempfile.TemporaryDirectory(prefix="rl-") as work:
-        args = GRPOConfig(
-            output_dir=work,
-            max_steps=cfg.max_steps,
-            per_device_train_batch_size=cfg.batch_size,
-            num_generations=cfg.num_generations,
-            learning_rate=cfg.learning_rate,
-            beta=cfg.beta,
-            temperature=cfg.temperature,
-            max_completion_length=params.thinker.max_new_tokens,
-            reward_weights=[weights[n] for n in names],
-            seed=cfg.seed,
-            data_seed=cfg.seed,
-            **run_settings(),
-            log_completions=False,
-            dataloader_num_workers=0,
-        )
-        trainer = GRPOTrainer(
-            model=model,
-            reward_funcs=[trl_reward_func(n, ctx) for n in names],
-            args=args,
-            train_dataset=dataset,
-            processing_class=processor,
-            callbacks=[history],
-        )
-        _, timing = train_timed(trainer)
-    rewards = series(history.logs, "reward")
+    args = GRPOConfig(
+        **trainer_settings(cfg, "rl", work),
+        num_generations=cfg.num_generations,
+        beta=cfg.beta,
+        temperature=cfg.temperature,
+        max_completion_length=cfg.max_completion_length or params.thinker.max_new_tokens,
+        reward_weights=[weights[n] for n in names],
+        log_completions=False,
+        **vllm_settings(cfg),
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[trl_reward_func(n, ctx) for n in names],
+        args=args,
+        train_dataset=dataset,
+        processing_class=processor,
+        callbacks=[LogHistory("rl"), SaveEditCalls(ctx.stats)],
+        peft_config=peft_config,
+    )
+    _, timing = train_timed(trainer, resume)
+    logs = trainer.state.log_history
+    rewards = series(logs, "reward")
     metrics = {
         "stage": "rl",
         "samples": len(samples),
         "reward_first": rewards[0] if rewards else None,
         "reward_last": rewards[-1] if rewards else None,
         "reward_curve": rewards,
-        **{f"reward_{n}_mean": _mean(series(history.logs, f"rewards/{n}/mean")) for n in names},
+        **{f"reward_{n}_mean": _mean(series(logs, f"rewards/{n}/mean")) for n in names},
+        "edit_calls": ctx.stats.as_dict(),
         **timing,
     }
-    model.eval()
-    return save_checkpoint(Path(out_dir), trainer.model, processor, "rl", params, sections_of("rl"),
-                           {"rl_data": Path(rl_data), "sft_checkpoint": Path(sft_checkpoint)}, metrics)  # fmt: skip
+    trained: Any = trainer.model
+    trained.eval()
+    merge_base = None
+    if quantization != "none":
+        merge_base = lambda: load_base(str(sft_checkpoint), dtype=params.thinker.dtype)[0]  # noqa: E731
+    metrics = save_checkpoint(Path(out_dir), trained, processor, "rl", params, sections_of("rl"), inputs,
+                              metrics, kind=kind_of(Path(sft_checkpoint)), trainer=trainer,
+                              merge_base=merge_base)  # fmt: skip
+    close_work_dir(work)
+    return metrics
 
 
 def _mean(xs: list[float]) -> float | None:
