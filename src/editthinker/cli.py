@@ -1,4 +1,4 @@
-"""The `editthinker` command: one sub-command per stage, plus `run` for the whole factory.
+"""The `editthinker` command: one sub-command per stage, `run` for the whole factory, `report` for its HTML report.
 
 A thin driver: each command validates params, calls the stage's `run` and prints where the output went.
 dvc.yaml calls these same commands; the KFP components call the same stage functions.

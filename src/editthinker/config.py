@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
-from editthinker.backends.diffusers_pipelines import spec_for
+from editthinker.diffusers_pipelines import spec_for
 from editthinker.world.tasks import STYLES
 
 
