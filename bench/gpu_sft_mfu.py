@@ -48,7 +48,7 @@ from torch import nn
 from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
 # dense bf16 peak, TFLOP/s (no sparsity); matched against torch.cuda.get_device_name()
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "H20": 148.0, "A100": 312.0, "A800": 312.0}
+PEAK_TFLOPS = {"H100": 989.0, "H100 PCIE": 756.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0}
 
 QWEN3_VL_IDS = {"image_token_id": 151655, "video_token_id": 151656, "vision_start_token_id": 151652,
                 "vision_end_token_id": 151653}  # fmt: skip

@@ -241,6 +241,17 @@ def test_cli_export_and_import(steps, tmp_path):
     assert read_manifest(tmp_path / "ds")["rows"] == len(_rows(steps))
     res = runner.invoke(app, ["export", "--format", "parquet", "--data", str(steps), "--out", str(out)])
     assert res.exit_code == 2
+    # a user's template and absolute image paths
+    (tmp_path / "t.txt").write_text("<image><image>want {original_instruction}; used {rewritten_prompt}")
+    args = ["--format", "llamafactory", "--template", str(tmp_path / "t.txt")]
+    res = runner.invoke(app, ["export", *args, "--data", str(steps), "--out", str(out), "--absolute-paths"])
+    assert res.exit_code == 0, res.output
+    records = json.loads((out / rf.SFT_FILE).read_text())
+    assert records[0]["messages"][0]["content"].startswith("<image><image>want ")
+    assert all(Path(p).is_absolute() and Path(p).is_file() for r in records for p in r["images"])
+    res = runner.invoke(app, ["import", *args, "--data", str(out), "--out", str(tmp_path / "lf")])
+    assert res.exit_code == 0, res.output
+    assert read_manifest(tmp_path / "lf")["rows"] == len(records)
 
 
 @pytest.mark.slow

@@ -305,7 +305,9 @@ def _template_text(path: Path | None) -> str | None:
 def export_release(
     fmt: ReleaseFormat,
     out: Annotated[Path, typer.Option(help="output folder (replaced whole)")],
-    data: Annotated[Path, typer.Option(help="a step-sample dataset")] = Layout.sft_data,
+    data: Annotated[
+        Path | None, typer.Option(help="a step-sample dataset (default: data/steps/sft, or data/steps/rl for easyr1)")
+    ] = None,
     template: TemplateOpt = None,
     absolute_paths: Annotated[bool, typer.Option(help="write absolute image paths")] = False,
 ) -> None:
@@ -313,9 +315,10 @@ def export_release(
     from editthinker import release_formats as rf
 
     f = _release_format(fmt)
+    steps = data or (Layout.rl_data if f == "easyr1" else Layout.sft_data)
 
     def work() -> dict[str, Any]:
-        return rf.export_steps(data, out, f, _template_text(template), absolute_paths).to_dict()
+        return rf.export_steps(steps, out, f, _template_text(template), absolute_paths).to_dict()
 
     report = _stage("export", work)
     for line in rf.summary(report):
