@@ -280,5 +280,78 @@ def serve_editor(
     server.run()  # until Ctrl+C / SIGTERM (uvicorn shuts down gracefully)
 
 
+# -- the release's training-data formats (release_formats.py) ------------------------------------------------
+ReleaseFormat = Annotated[str, typer.Option("--format", help="llamafactory (SFT, sharegpt JSON) or easyr1 (RL jsonl)")]
+TemplateOpt = Annotated[
+    Path | None,
+    typer.Option(help="release prompt template file ({original_instruction}, {rewritten_prompt}, two <image>)"),
+]
+
+
+def _release_format(fmt: str) -> Any:
+    from editthinker.release_formats import FORMATS
+
+    if fmt not in FORMATS:
+        console.print(f"[red]error:[/red] --format must be one of {list(FORMATS)}, not {fmt!r}")
+        raise typer.Exit(2)
+    return fmt
+
+
+def _template_text(path: Path | None) -> str | None:
+    return None if path is None else path.read_text(encoding="utf-8")
+
+
+@app.command("export")
+def export_release(
+    fmt: ReleaseFormat,
+    out: Annotated[Path, typer.Option(help="output folder (replaced whole)")],
+    data: Annotated[
+        Path | None, typer.Option(help="a step-sample dataset (default: data/steps/sft, or data/steps/rl for easyr1)")
+    ] = None,
+    template: TemplateOpt = None,
+    absolute_paths: Annotated[bool, typer.Option(help="write absolute image paths")] = False,
+) -> None:
+    """Step samples in a release trainer's format: LLaMA-Factory sharegpt (SFT) or EasyR1 jsonl (RL)."""
+    from editthinker import release_formats as rf
+
+    f = _release_format(fmt)
+    steps = data or (Layout.rl_data if f == "easyr1" else Layout.sft_data)
+
+    def work() -> dict[str, Any]:
+        return rf.export_steps(steps, out, f, _template_text(template), absolute_paths).to_dict()
+
+    report = _stage("export", work)
+    for line in rf.summary(report):
+        console.print(line, highlight=False, markup=False)
+    console.print(f"{out}: {', '.join(report['files'])} (skipped records: {rf.REPORT_FILE})", highlight=False)
+
+
+@app.command("import")
+def import_release(
+    fmt: ReleaseFormat,
+    data: Annotated[Path, typer.Option(help="the release file, or the folder an export wrote")],
+    out: Annotated[Path, typer.Option(help="the step-sample dataset to write")],
+    image_dir: Annotated[
+        Path | None, typer.Option(help="relative image paths resolve here (default: the file's folder)")
+    ] = None,
+    template: TemplateOpt = None,
+    editor: Annotated[str, typer.Option(help="the params.editors name the rl stage's edit reward uses")] = "",
+    split: Annotated[
+        str | None, typer.Option(help="split column (default: sft for llamafactory, rl for easyr1)")
+    ] = None,
+) -> None:
+    """Read a release trainer's data back into step samples (a dataset the sft and rl stages read)."""
+    from editthinker import release_formats as rf
+
+    f = _release_format(fmt)
+
+    def work() -> dict[str, Any]:
+        return rf.import_steps(data, out, f, image_dir, _template_text(template), editor, split).to_dict()
+
+    report = _stage("import", work)
+    for line in rf.summary(report):
+        console.print(line, highlight=False, markup=False)
+
+
 if __name__ == "__main__":
     app()
