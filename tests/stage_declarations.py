@@ -1,11 +1,14 @@
 """What dvc.yaml must say about each stage, from the one declaration (stages.SECTIONS) and the stage's imports.
 
-`python tests/stage_declarations.py` prints the `deps:` and `params:` lines of every stage, to paste into
-dvc.yaml after a change that moves them; tests/test_declarations.py fails until dvc.yaml agrees.
+`python tests/stage_declarations.py` prints the `deps:` and `params:` of every stage; `--write` rewrites them in
+dvc.yaml (data deps, the first entries that are not package files, are kept). tests/test_declarations.py fails
+until dvc.yaml agrees.
 """
 
 from __future__ import annotations
 
+import re
+import sys
 from pathlib import Path
 
 from editthinker.lineage import PACKAGE_ROOT, module_files
@@ -45,6 +48,31 @@ def compressed(files: set[Path]) -> list[str]:
     return sorted(str(p.relative_to(REPO)) for p in [*whole, *loose])
 
 
+def _yaml_list(key: str, items: list[str]) -> str:
+    flow = f"    {key}: [{', '.join(items)}]"
+    return flow if len(flow) <= 118 else "\n".join([f"    {key}:", *(f"      - {i}" for i in items)])
+
+
+def rewrite_dvc_yaml(path: Path) -> None:
+    """Set each declared stage's `params:` and code `deps:` in dvc.yaml, keeping its data deps and the rest."""
+    import yaml
+
+    stages = yaml.safe_load(path.read_text())["stages"]
+    blocks = re.split(r"(?m)^(?=  [\w-]+:\n)", path.read_text())
+    for i, block in enumerate(blocks):
+        m = re.match(r"  ([\w-]+):\n", block)
+        if not m or m.group(1) not in SECTIONS:
+            continue
+        stage = m.group(1)
+        data = [d for d in stages[stage].get("deps", []) if not d.startswith("src/")]
+        deps = _yaml_list("deps", data + compressed(code_files(stage)))
+        block = re.sub(r"(?ms)^    deps:.*?(?=^    \w)", deps + "\n", block, count=1)
+        blocks[i] = re.sub(r"(?m)^    params:.*\n", _yaml_list("params", list(SECTIONS[stage])) + "\n", block, count=1)
+    path.write_text("".join(blocks))
+
+
 if __name__ == "__main__":
+    if "--write" in sys.argv:
+        rewrite_dvc_yaml(REPO / "dvc.yaml")
     for stage in STAGES:
         print(f"{stage}:\n  params: [{', '.join(SECTIONS[stage])}]\n  code: {compressed(code_files(stage))}")

@@ -11,9 +11,9 @@ from PIL import Image
 from tests.tiny_editors import save_tiny
 
 from editthinker.backends.diffusers_editors import DiffusersEditor
-from editthinker.backends.diffusers_pipelines import PIPELINES
 from editthinker.backends.factory import build_editor
 from editthinker.config import ConfigError, DiffusersEditorConfig, EditorConfig, parse_params
+from editthinker.diffusers_pipelines import PIPELINES
 from editthinker.roles import EditRequest
 from editthinker.world.scene import render_png
 from editthinker.world.tasks import make_task

@@ -26,6 +26,7 @@ import pipelines.cli as pipeline_cli
 from components import FACTORY_IMAGE
 from editthinker.cli import app as cli_app
 from editthinker.config import Params, load_params, parse_params
+from editthinker.lineage import hash_path
 from editthinker.registry import Registry
 from editthinker.stages import SECTIONS, generate
 from editthinker.stages import promote as promote_stage
@@ -402,7 +403,12 @@ def test_challenge_reads_the_registry_and_writes_nothing(tmp_path: Path) -> None
     ev = tmp_path / "eval"
     ev.mkdir()
     challenger = {"success_rate": 0.5, "overall": 6.0, "semantic": 6.5, "quality": 9.0}
-    (ev / "summary.json").write_text(json.dumps({"challenger": challenger}))
+
+    def summary_of(checkpoint: Path) -> None:  # the evaluation names the checkpoint it scored
+        lineage = {"inputs": {"rl_checkpoint": hash_path(checkpoint)}}
+        (ev / "summary.json").write_text(json.dumps({"challenger": challenger, "lineage": lineage}))
+
+    summary_of(ckpt)
     reg = tmp_path / "registry"
     first = promote_stage.challenge(params, ckpt, ev, reg)
     assert first["beats_champion"] is True and first["champion"] is None
@@ -411,6 +417,7 @@ def test_challenge_reads_the_registry_and_writes_nothing(tmp_path: Path) -> None
     again = promote_stage.challenge(params, ckpt, ev, reg)
     assert again["beats_champion"] is False and "already the champion" in again["reason"]
     (ckpt / "model.bin").write_bytes(b"other weights")  # a new challenger, no better
+    summary_of(ckpt)
     worse = promote_stage.challenge(params, ckpt, ev, reg)
     assert worse["beats_champion"] is False and worse["champion"] == Registry(reg).champion()
 

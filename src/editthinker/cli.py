@@ -1,4 +1,4 @@
-"""The `editthinker` command: one sub-command per stage, plus `run` for the whole factory.
+"""The `editthinker` command: one sub-command per stage, `run` for the whole factory, `report` for its HTML report.
 
 A thin driver: each command validates params, calls the stage's `run` and prints where the output went.
 dvc.yaml calls these same commands; the KFP components call the same stage functions.
@@ -196,6 +196,171 @@ def promote(
     _stage("promote", lambda: stage.run(p, checkpoint, eval_dir, registry or Path(p.promote.registry)))
 
 
+# --- `editthinker registry ...`: list, show, compare, promote, rollback, push (local or s3:// registries) -----
+registry_app = typer.Typer(
+    no_args_is_help=True, help="The model registry: list, show, compare, promote, rollback, push."
+)
+app.add_typer(registry_app, name="registry")
+RegistryOpt = Annotated[str | None, typer.Option("--registry", "-r", help=REGISTRY_HELP)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON on stdout (for scripts) instead of tables")]
+ReasonOpt = Annotated[str, typer.Option(help="why: recorded in the decision log")]
+
+
+def _registry_call(name: str, fn: Callable[[], Any]) -> Any:
+    """Run a registry command; its expected failures (a refused request, a bad registry, S3 or hub errors)
+    become one red line and exit 1."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from editthinker.hub import HubPushError
+    from editthinker.registry import RegistryError
+    from editthinker.stages.promote import PromotionRefused
+
+    try:
+        return fn()
+    except (RegistryError, PromotionRefused, HubPushError, FileNotFoundError, ValueError, BotoCoreError,
+            ClientError) as exc:  # fmt: skip
+        console.print(f"[red]registry {name} failed:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _open_registry(
+    name: str, params: list[Path] | None, sets: list[str] | None, registry: str | None
+) -> tuple[Params, Any]:
+    """Params (exit 2 when they do not validate) and the registry: --registry, else params promote.registry."""
+    from editthinker.registry import open_registry
+
+    p = _params(params, sets)
+    return p, _registry_call(name, lambda: open_registry(registry or p.promote.registry, p.s3))
+
+
+def _print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+@registry_app.command("list")
+def registry_list(
+    params: ParamsOpt = None, set_: SetOpt = None, registry: RegistryOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Every version: checkpoint hash, when it was registered, metrics, git commit; * marks the champion."""
+    from editthinker import registry_views as views
+
+    p, reg = _open_registry("list", params, set_, registry)
+    rows = _registry_call("list", lambda: views.list_versions(reg))
+    if as_json:
+        return _print_json(rows)
+    Console().print(views.versions_table(rows, p.promote.primary_metric))
+
+
+@registry_app.command("show")
+def registry_show(
+    version: Annotated[str, typer.Argument(help="a version (v0003) or an alias (champion)")],
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    registry: RegistryOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """One version: its record (params, git commit, hashes), its decisions and its model card."""
+    from rich.markdown import Markdown
+
+    from editthinker import registry_views as views
+
+    _, reg = _open_registry("show", params, set_, registry)
+    view = _registry_call("show", lambda: views.show_version(reg, version))
+    if as_json:
+        return _print_json(view)
+    out = Console()
+    out.print(views.version_table(view))
+    card = view["card"]
+    if not card:
+        return out.print("[yellow]no model card[/yellow]")
+    if card.startswith("---\n"):  # the YAML front matter as it is (markdown would read it as a rule and text)
+        front, _, card = card[4:].partition("\n---\n")
+        out.print(f"---\n{front}\n---", highlight=False, markup=False)
+    out.print(Markdown(card))
+
+
+@registry_app.command("compare")
+def registry_compare(
+    a: Annotated[str, typer.Argument(help="a version or alias")],
+    b: Annotated[str, typer.Argument(help="another version or alias")],
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    registry: RegistryOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Metric deltas (B - A) and the params values that differ between two versions."""
+    from editthinker import registry_views as views
+
+    _, reg = _open_registry("compare", params, set_, registry)
+    cmp = _registry_call("compare", lambda: views.compare_versions(reg, a, b))
+    if as_json:
+        return _print_json(cmp)
+    out = Console()
+    for table in views.comparison_tables(cmp):
+        out.print(table)
+
+
+@registry_app.command("promote")
+def registry_promote(
+    version: Annotated[str, typer.Argument(help="a registered version")],
+    reason: ReasonOpt = "manual promotion",
+    force: Annotated[bool, typer.Option(help="promote even if it does not beat the champion by the rule")] = False,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    registry: RegistryOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Make a registered version champion: it must beat the champion by promote.margin on the same benchmark,
+    unless --force. The decision (forced or not, the rule's verdict, the reason) goes to the log."""
+    from editthinker.stages import promote as stage
+
+    p, reg = _open_registry("promote", params, set_, registry)
+    record = _registry_call("promote", lambda: stage.promote_version(p, reg, version, reason, force))
+    if as_json:
+        return _print_json(record)
+    _done("registry promote", record)
+
+
+@registry_app.command("rollback")
+def registry_rollback(
+    reason: ReasonOpt = "rollback",
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    registry: RegistryOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Give the champion alias back to the previous champion (from the decision log), and log it."""
+    from editthinker.stages import promote as stage
+
+    _, reg = _open_registry("rollback", params, set_, registry)
+    record = _registry_call("rollback", lambda: stage.rollback(reg, reason))
+    if as_json:
+        return _print_json(record)
+    _done("registry rollback", record)
+
+
+@registry_app.command("push")
+def registry_push(
+    version: Annotated[str, typer.Argument(help="a version or alias")],
+    repo_id: Annotated[str, typer.Option(help="the hub model repo, ORG/NAME")],
+    revision: Annotated[str, typer.Option(help="the branch to commit to (created if missing)")] = "main",
+    private: Annotated[bool, typer.Option(help="create the repo private (an existing repo keeps its setting)")] = False,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    registry: RegistryOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Upload a version (checkpoint files + model card) to a Hugging Face Hub repo. Token: HF_TOKEN only;
+    endpoint: HF_ENDPOINT when set."""
+    from editthinker.hub import push_version
+
+    _, reg = _open_registry("push", params, set_, registry)
+    pushed = _registry_call("push", lambda: push_version(reg, version, repo_id, revision, private))
+    if as_json:
+        return _print_json(pushed)
+    _done("registry push", pushed)
+
+
 STAGES = ("generate", "filter", "split", "validate", "sft", "rl", "evaluate", "promote")
 
 
@@ -329,6 +494,79 @@ def serve_editor(
     server = EditorServer(make_app(build_editor(cfgs[editor], p.world.image_size)), host, port)
     console.print(f"serving editor {editor} on {server.url}", highlight=False)
     server.run()  # until Ctrl+C / SIGTERM (uvicorn shuts down gracefully)
+
+
+# -- the release's training-data formats (release_formats.py) ------------------------------------------------
+ReleaseFormat = Annotated[str, typer.Option("--format", help="llamafactory (SFT, sharegpt JSON) or easyr1 (RL jsonl)")]
+TemplateOpt = Annotated[
+    Path | None,
+    typer.Option(help="release prompt template file ({original_instruction}, {rewritten_prompt}, two <image>)"),
+]
+
+
+def _release_format(fmt: str) -> Any:
+    from editthinker.release_formats import FORMATS
+
+    if fmt not in FORMATS:
+        console.print(f"[red]error:[/red] --format must be one of {list(FORMATS)}, not {fmt!r}")
+        raise typer.Exit(2)
+    return fmt
+
+
+def _template_text(path: Path | None) -> str | None:
+    return None if path is None else path.read_text(encoding="utf-8")
+
+
+@app.command("export")
+def export_release(
+    fmt: ReleaseFormat,
+    out: Annotated[Path, typer.Option(help="output folder (replaced whole)")],
+    data: Annotated[
+        Path | None, typer.Option(help="a step-sample dataset (default: data/steps/sft, or data/steps/rl for easyr1)")
+    ] = None,
+    template: TemplateOpt = None,
+    absolute_paths: Annotated[bool, typer.Option(help="write absolute image paths")] = False,
+) -> None:
+    """Step samples in a release trainer's format: LLaMA-Factory sharegpt (SFT) or EasyR1 jsonl (RL)."""
+    from editthinker import release_formats as rf
+
+    f = _release_format(fmt)
+    steps = data or (Layout.rl_data if f == "easyr1" else Layout.sft_data)
+
+    def work() -> dict[str, Any]:
+        return rf.export_steps(steps, out, f, _template_text(template), absolute_paths).to_dict()
+
+    report = _stage("export", work)
+    for line in rf.summary(report):
+        console.print(line, highlight=False, markup=False)
+    console.print(f"{out}: {', '.join(report['files'])} (skipped records: {rf.REPORT_FILE})", highlight=False)
+
+
+@app.command("import")
+def import_release(
+    fmt: ReleaseFormat,
+    data: Annotated[Path, typer.Option(help="the release file, or the folder an export wrote")],
+    out: Annotated[Path, typer.Option(help="the step-sample dataset to write")],
+    image_dir: Annotated[
+        Path | None, typer.Option(help="relative image paths resolve here (default: the file's folder)")
+    ] = None,
+    template: TemplateOpt = None,
+    editor: Annotated[str, typer.Option(help="the params.editors name the rl stage's edit reward uses")] = "",
+    split: Annotated[
+        str | None, typer.Option(help="split column (default: sft for llamafactory, rl for easyr1)")
+    ] = None,
+) -> None:
+    """Read a release trainer's data back into step samples (a dataset the sft and rl stages read)."""
+    from editthinker import release_formats as rf
+
+    f = _release_format(fmt)
+
+    def work() -> dict[str, Any]:
+        return rf.import_steps(data, out, f, image_dir, _template_text(template), editor, split).to_dict()
+
+    report = _stage("import", work)
+    for line in rf.summary(report):
+        console.print(line, highlight=False, markup=False)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
-from editthinker.backends.diffusers_pipelines import spec_for
+from editthinker.diffusers_pipelines import spec_for
 from editthinker.world.tasks import STYLES
 
 
@@ -239,6 +239,20 @@ class InferenceConfig(_Strict):
     # a released thinker to use instead of a trained checkpoint (a hub id such as Qwen/Qwen3-VL-8B-Instruct,
     # or a folder); read only by `editthinker edit --thinker model`
     thinker_model: str | None = None
+    # the prompt and parser a VLM thinker uses. default: the prompt training used, strict parse. release: the
+    # EditThinker release's prompt, `prompt_template` (a text file you supply, e.g. the release's
+    # inference/prompt_template.txt, with two <image> tokens and the {original_instruction} and
+    # {rewritten_prompt} placeholders; null: a built-in prompt in the release's layout). lenient: accept what
+    # the release's reward parser accepts. Training rewards always parse strictly.
+    prompt: Literal["default", "release"] = "default"
+    prompt_template: str | None = None
+    parse: Literal["strict", "lenient"] = "strict"
+
+    @model_validator(mode="after")
+    def _template_needs_release_prompt(self) -> InferenceConfig:
+        if self.prompt_template is not None and self.prompt != "release":
+            raise ValueError("prompt_template is only read with prompt: release")
+        return self
 
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -18,8 +18,9 @@ from editthinker.storage import sha256_file
 
 LINEAGE_FILE = "lineage.json"
 # Files that describe an artifact rather than make it up: excluded from its content hash, so the same
-# weights trained twice hash the same although the run's timings differ.
-DESCRIPTIVE_FILES = frozenset({LINEAGE_FILE, "metrics.json"})
+# weights trained twice hash the same although the run's timings differ (README.md: a registered version's
+# model card, written after the hash is checked).
+DESCRIPTIVE_FILES = frozenset({LINEAGE_FILE, "metrics.json", "README.md"})
 
 
 PACKAGE_ROOT = Path(__file__).parent  # src/editthinker
@@ -101,13 +102,31 @@ def hash_path(path: Path) -> str:
     return h.hexdigest()
 
 
+def size_of(path: Path) -> dict[str, int]:
+    """How big an input is: a dataset's rows and bytes (from its manifest), else a file's or folder's bytes and
+    file count (the files hash_path covers)."""
+    path = Path(path)
+    manifest = path / "manifest.json"
+    if manifest.is_file():
+        m = json.loads(manifest.read_text())
+        return {"rows": int(m["rows"]), "bytes": sum((path / name).stat().st_size for name in m["files"])}
+    files = (
+        [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file() and p.name not in DESCRIPTIVE_FILES]
+    )
+    return {"files": len(files), "bytes": sum(p.stat().st_size for p in files)}
+
+
 def make_lineage(stage: str, params: Params, sections: tuple[str, ...], inputs: dict[str, Path],
                  models: dict[str, str]) -> dict[str, Any]:  # fmt: skip
+    dump = params.model_dump(mode="json")
     return {
         "stage": stage,
         "params_sha256": params.section_hash(*sections),
         "params_sections": list(sections),
+        # the values themselves (what params_sha256 is the hash of), so an artifact names the params that made it
+        "params": {k: dump[k] for k in (sections or tuple(dump))},
         "code_version": code_version(f"{_PACKAGE}.stages.{stage}"),
         "inputs": {name: hash_path(p) for name, p in sorted(inputs.items())},
+        "input_sizes": {name: size_of(p) for name, p in sorted(inputs.items())},
         "models": dict(sorted(models.items())),
     }

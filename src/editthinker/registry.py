@@ -2,7 +2,8 @@
 
     registry/
       v0001/            a copy of the checkpoint's files; its lineage.json is the checkpoint's lineage
-                        plus a `registered` record (checkpoint hash, eval summary hash, metrics)
+                        plus a `registered` record (checkpoint hash, eval summary hash, metrics, params values,
+                        git commit); README.md its model card (model_card.py; its sha256 is in the record)
       v0002/ ...
       counter.json      {"last_version": 2}: the last version number given out, replaced atomically
       aliases.json      {"champion": "v0002"}, replaced atomically
@@ -28,6 +29,8 @@ storage_s3.S3Store; endpoint and region from params `s3`, credentials from the e
     artifacts/checkpoints/<sha256>/...   a registered checkpoint's files, content-addressed, uploaded whole
                                          (S3Store.upload_dir: its _COMPLETE marker goes last); the same
                                          checkpoint uploaded twice is one artifact
+    artifacts/cards/<sha256>/README.md   a version's model card, content-addressed by its own sha256, uploaded
+                                         before the version is listed (the record names it: card_sha256)
     aliases/index.json                   {"versions": {"v0001": <registered record>, ...}, "last_version": 1}:
                                          version numbers are allocated here by compare-and-swap, after the
                                          upload, so a listed version is always complete and no number is
@@ -39,6 +42,9 @@ On S3 every change is a conditional write (S3Store.update_alias), so two racing 
 again instead of overwriting each other. That holds only on a store that honours conditional writes; see
 `S3Registry` for the probe that checks it and the lock that may stand in for it. Both storages offer the same
 small interface (`RegistryBackend`), and stages/promote.py has the one promotion rule for both.
+
+Every file and folder is created with the process umask (storage.atomic_dir / atomic_write_bytes, plain open):
+a registry on a volume shared by several users or pods stays readable (and writable, with umask 002) by all.
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ from filelock import FileLock, Timeout
 
 from editthinker.config import S3Config
 from editthinker.lineage import LINEAGE_FILE, hash_path
+from editthinker.model_card import CARD_FILE, card_sha256
 from editthinker.storage import atomic_dir, write_json
 from editthinker.storage_s3 import ProbeResult, S3Store
 
@@ -204,6 +211,17 @@ def append_decision(path: Path, decision: dict[str, Any]) -> None:
         os.fsync(fh.fileno())
 
 
+def copy_files(src: Path, dst: Path) -> None:
+    """Copy a folder's files into `dst` (links followed), every file and folder made anew with the process umask.
+    Not shutil.copytree: it copies the source's modes, and transformers saves model.safetensors 0600, which would
+    lock the other users of a shared registry out of the weights."""
+    for root, _, files in os.walk(src, followlinks=True):
+        out = dst / Path(root).relative_to(src)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            shutil.copyfile(Path(root) / name, out / name)
+
+
 # --- the local registry --------------------------------------------------------------------------------------
 class Registry:
     def __init__(self, root: str | Path, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S) -> None:
@@ -270,6 +288,23 @@ class Registry:
     def decisions(self) -> list[dict[str, Any]]:
         return read_decisions(self.root / DECISIONS_FILE)
 
+    def records(self) -> dict[str, dict[str, Any]]:
+        """{version: its `registered` record}, every version in order."""
+        return {v: self.registered(v) for v in self.versions()}
+
+    def card(self, ref: str) -> str | None:
+        """A version's model card (README.md), checked against the sha256 its record names; None if it has none."""
+        path = self.path(ref) / CARD_FILE
+        if not path.is_file():
+            return None
+        return _checked_card(str(path), path.read_text(), self.registered(ref))
+
+    @contextmanager
+    def local_copy(self, ref: str) -> Iterator[Path]:
+        """A folder holding the version's files, model card included (here: the version's own folder; read it,
+        do not change it)."""
+        yield self.path(ref)
+
     # --- writing (call inside `transaction()`) ------------------------------------------------------------
     @contextmanager
     def locked(self) -> Iterator[Registry]:
@@ -287,10 +322,12 @@ class Registry:
         write_json(self.root / COUNTER_FILE, {"last_version": number})
         return version_name(number)
 
-    def register(self, checkpoint: Path, sha256: str, registered: dict[str, Any]) -> tuple[str, bool]:
-        """Copy a checkpoint in as a new version; return (version, created). `sha256` is the checkpoint's
-        content hash (lineage.hash_path) as the caller checked it; the copy must have it. An identical one is
-        reused."""
+    def register(
+        self, checkpoint: Path, sha256: str, registered: dict[str, Any], card: str | None = None
+    ) -> tuple[str, bool]:
+        """Copy a checkpoint in as a new version, with `card` as its README.md; return (version, created).
+        `sha256` is the checkpoint's content hash (lineage.hash_path) as the caller checked it; the copy must
+        have it. An identical one is reused (its card is kept)."""
         checkpoint = Path(checkpoint)
         if not checkpoint.is_dir():
             raise RegistryError(f"checkpoint {checkpoint} is not a directory")
@@ -300,12 +337,14 @@ class Registry:
         src_lineage = checkpoint / LINEAGE_FILE
         lineage = _read_object(src_lineage) if src_lineage.is_file() else {}
         version = self._next_version()
-        lineage["registered"] = {**registered, "version": version, "checkpoint_sha256": sha256}
+        lineage["registered"] = {**_with_card(registered, card), "version": version, "checkpoint_sha256": sha256}
         with atomic_dir(self.root / version) as tmp:
-            shutil.copytree(checkpoint, tmp, dirs_exist_ok=True, symlinks=False)
+            copy_files(checkpoint, tmp)
             if hash_path(tmp) != sha256:
                 raise RegistryError(f"checkpoint {checkpoint} is not the one checked (sha256 {sha256}): it changed")
             write_json(tmp / LINEAGE_FILE, lineage)
+            if card is not None:  # README.md is descriptive (lineage.DESCRIPTIVE_FILES): the hash is unchanged
+                (tmp / CARD_FILE).write_text(card)
         return version, True
 
     def update_champion(self, version: str, beats: Callable[[str | None], bool]) -> str | None:
@@ -327,19 +366,42 @@ class Registry:
 
 
 class RegistryBackend(Protocol):
-    """What promote needs from a registry, local or on S3."""
+    """What promote and the `registry` commands need from a registry, local or on S3."""
 
     def transaction(self) -> AbstractContextManager[Any]: ...
-    def register(self, checkpoint: Path, sha256: str, registered: dict[str, Any]) -> tuple[str, bool]: ...
+    def register(
+        self, checkpoint: Path, sha256: str, registered: dict[str, Any], card: str | None = None
+    ) -> tuple[str, bool]: ...
+    def versions(self) -> list[str]: ...
+    def records(self) -> dict[str, dict[str, Any]]: ...
     def champion(self) -> str | None: ...
     def registered(self, ref: str) -> dict[str, Any]: ...
+    def card(self, ref: str) -> str | None: ...
+    def local_copy(self, ref: str) -> AbstractContextManager[Path]: ...
+    def decisions(self) -> list[dict[str, Any]]: ...
     def update_champion(self, version: str, beats: Callable[[str | None], bool]) -> str | None: ...
     def log_decision(self, decision: dict[str, Any]) -> None: ...
+
+
+def _with_card(registered: dict[str, Any], card: str | None) -> dict[str, Any]:
+    return registered if card is None else {**registered, "card_sha256": card_sha256(card)}
+
+
+def _checked_card(where: str, text: str, registered: dict[str, Any]) -> str:
+    """The card text, if it is the one the version's record names (card_sha256); a RegistryError otherwise."""
+    expected = registered.get("card_sha256")
+    if expected is not None and card_sha256(text) != expected:
+        raise RegistryError(
+            f"{where}: the model card's sha256 is {card_sha256(text)}, but version {registered.get('version')} "
+            f"records {expected}: the card was changed after registration"
+        )
+    return text
 
 
 INDEX_ALIAS = "index"
 DECISIONS_ALIAS = "decisions"
 CHECKPOINTS = "checkpoints"
+CARDS = "cards"
 
 
 def parse_s3_uri(location: str | Path) -> tuple[str, str] | None:
@@ -420,13 +482,39 @@ class S3Registry:
             return _read_object(local / LINEAGE_FILE)
 
     def download(self, ref: str, local: Path) -> Path:
-        """A version's files into `local`, its lineage.json extended with the `registered` record."""
+        """A version's files into `local`, its lineage.json extended with the `registered` record, its model card
+        as README.md (when it has one), as in a local registry."""
         rec = self.registered(ref)
+        local = Path(local)
         self.store.download_dir(f"{CHECKPOINTS}/{rec['checkpoint_sha256']}", local)
         src = local / LINEAGE_FILE
         lineage = _read_object(src) if src.is_file() else {}
         write_json(src, {**lineage, "registered": rec})
-        return Path(local)
+        card = self.card(ref)
+        if card is not None:
+            (local / CARD_FILE).write_text(card)
+        return local
+
+    @contextmanager
+    def local_copy(self, ref: str) -> Iterator[Path]:
+        """A temporary folder holding the version's files (`download`), removed afterwards."""
+        with tempfile.TemporaryDirectory() as tmp:
+            yield self.download(ref, Path(tmp) / "version")
+
+    def records(self) -> dict[str, dict[str, Any]]:
+        """{version: its `registered` record}, every version in order (one read of the index)."""
+        versions = self._versions()
+        return {v: dict(versions[v]) for v in sorted(versions, key=version_number)}
+
+    def card(self, ref: str) -> str | None:
+        """A version's model card (README.md), checked against the sha256 its record names; None if it has none."""
+        rec = self.registered(ref)
+        sha = rec.get("card_sha256")
+        if not sha:
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            local = self.store.download_dir(f"{CARDS}/{sha}", Path(tmp) / "card")
+            return _checked_card(self.store.uri("artifacts", CARDS, sha), (local / CARD_FILE).read_text(), rec)
 
     def champion(self) -> str | None:
         value, _ = self.store.get_alias(CHAMPION)
@@ -478,10 +566,13 @@ class S3Registry:
             finally:
                 self._in_lock = False
 
-    def register(self, checkpoint: Path, sha256: str, registered: dict[str, Any]) -> tuple[str, bool]:
-        """Upload the checkpoint (content-addressed, a no-op when already there), then give it the next version
-        number by compare-and-swap on the index; return (version, created). `sha256` is the checkpoint's content
-        hash as the caller checked it; the uploaded copy must have it. An identical one is reused."""
+    def register(
+        self, checkpoint: Path, sha256: str, registered: dict[str, Any], card: str | None = None
+    ) -> tuple[str, bool]:
+        """Upload the checkpoint and its model card (each content-addressed, a no-op when already there), then
+        give it the next version number by compare-and-swap on the index; return (version, created). `sha256` is
+        the checkpoint's content hash as the caller checked it; the uploaded copy must have it. An identical one
+        is reused (its card is kept)."""
         self._check_writable()
         checkpoint = Path(checkpoint)
         if not checkpoint.is_dir():
@@ -492,6 +583,13 @@ class S3Registry:
             if hash_path(staged) != sha256:
                 raise RegistryError(f"checkpoint {checkpoint} is not the one checked (sha256 {sha256}): it changed")
             self.store.upload_dir(staged, f"{CHECKPOINTS}/{sha256}")
+            if self.find(sha256) is not None:
+                card = None  # registered already: it keeps its card
+            if card is not None:  # uploaded before the version that names it is listed
+                (Path(tmp) / CARDS).mkdir()
+                (Path(tmp) / CARDS / CARD_FILE).write_text(card)
+                self.store.upload_dir(Path(tmp) / CARDS, f"{CARDS}/{card_sha256(card)}")
+        registered = _with_card(registered, card)
         claim: dict[str, Any] = {}
         self.store.update_alias(INDEX_ALIAS, lambda current: _allocate(current, sha256, registered, claim))
         return str(claim["version"]), bool(claim["created"])

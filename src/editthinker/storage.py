@@ -9,12 +9,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -26,12 +29,25 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _temp_sibling(parent: Path, prefix: str, create: Callable[[Path], T]) -> tuple[Path, T]:
+    """`create(path)` at a fresh random name under `parent`: (path, what it returned). Like tempfile.mkstemp and
+    mkdtemp, but the mode is left to the process umask (0o666 / 0o777 less it): their 0o600 / 0o700 would lock
+    the other users of a shared volume out of the final file or folder."""
+    for _ in range(100):
+        path = parent / f"{prefix}{secrets.token_hex(6)}"
+        try:
+            return path, create(path)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name {prefix}* in {parent}")
+
+
 @contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield an empty temporary directory; on success it replaces `final` (a directory) whole."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    tmp, _ = _temp_sibling(final.parent, f".{final.name}.tmp-", lambda p: p.mkdir(0o777))
     try:
         yield tmp
         old = None
@@ -51,7 +67,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    tmp, fd = _temp_sibling(path.parent, f".{path.name}.tmp-", lambda p: os.open(p, _NEW_FILE, 0o666))
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -16,7 +16,7 @@ import io
 import json
 from typing import TYPE_CHECKING, Any
 
-from editthinker.backends.diffusers_pipelines import spec_for
+from editthinker.diffusers_pipelines import spec_for
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -14,10 +14,22 @@ The registry is a local directory, or S3 when its location is an `s3://bucket/pr
 registry inside a compare-and-swap of the champion alias, re-running it when another promotion won the race (on
 a store that ignores conditional writes, the S3 registry refuses to write unless a lock is configured). A
 champion alias that names a missing version stops promote before anything is registered.
+
+A registered version records, besides its metrics, the params values of every stage its lineage covers (the
+checkpoint's training stage and the evaluation; model_card.stage_params), the git commit the registering code
+runs from (None outside git) and whether that commit's stage code is the code that trained it; its model card
+(README.md, model_card.render_card) is written with it.
+
+By hand (the `editthinker registry` commands): `promote_version` makes a registered version champion, by the same
+rule (it must beat the champion by more than the margin, on the same benchmark) unless forced, and `rollback`
+gives the alias back to the champion before the current one, as the decision log records them. Both run in the
+registry's transaction (lock, or compare-and-swap on S3) and log a decision with the reason given; a refused
+request changes nothing and logs nothing.
 """
 
 from __future__ import annotations
 
+import getpass
 import json
 import math
 from datetime import UTC, datetime
@@ -25,7 +37,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from editthinker.config import Params
-from editthinker.lineage import code_version, hash_path
+from editthinker.lineage import LINEAGE_FILE, code_version, hash_path
+from editthinker.model_card import git_state, params_record, render_card
 from editthinker.registry import CHAMPION, RegistryBackend, open_registry
 
 SUMMARY_FILE = "summary.json"
@@ -39,6 +52,10 @@ class EvaluationMismatch(ValueError):
     """The eval summary is not the evaluation of the checkpoint being promoted."""
 
 
+class PromotionRefused(RuntimeError):
+    """A manual promotion or a rollback that the rule or the decision log does not allow; nothing changed."""
+
+
 class Evaluation(NamedTuple):
     """What promote reads from an eval summary: the challenger's metrics and the checkpoint they belong to."""
 
@@ -46,6 +63,7 @@ class Evaluation(NamedTuple):
     metrics: dict[str, float]
     checkpoint_sha256: str | None  # the content hash of the challenger checkpoint the summary scored
     checkpoint_input: str  # the lineage input that names it
+    document: dict[str, Any]  # the whole summary, as read
 
 
 def _load_summary(path: Path) -> dict[str, Any]:
@@ -79,7 +97,7 @@ def read_evaluation(eval_dir: Path, metric: str) -> Evaluation:
     lineage = summary.get("lineage")
     inputs = lineage.get("inputs") if isinstance(lineage, dict) else None
     sha = inputs.get(name) if isinstance(inputs, dict) else None
-    return Evaluation(path, metrics, sha if isinstance(sha, str) else None, name)
+    return Evaluation(path, metrics, sha if isinstance(sha, str) else None, name, summary)
 
 
 def check_evaluated(evaluation: Evaluation, checkpoint: Path, checkpoint_sha256: str) -> None:
@@ -149,16 +167,18 @@ def run(params: Params, checkpoint: Path, eval_dir: Path, registry: str | Path) 
     sha = hash_path(Path(checkpoint))
     check_evaluated(evaluation, Path(checkpoint), sha)
     metrics = evaluation.metrics
+    lineage = _checkpoint_lineage(Path(checkpoint))
     registered = {
         "eval_summary_sha256": hash_path(evaluation.summary),
         "metrics": metrics,
         "benchmark_sha256": params.section_hash(*BENCHMARK_SECTIONS),
-        "registered_by": code_version(),
+        **provenance(params, lineage, evaluation.document),
     }
+    card = render_card(lineage, {**registered, "checkpoint_sha256": sha}, evaluation.document)
     reg = open_registry(registry, params.s3)
     with reg.transaction():
         _check_champion(reg)  # before registering: a broken alias must not leave a version with no decision
-        version, created = reg.register(Path(checkpoint), sha, registered)
+        version, created = reg.register(Path(checkpoint), sha, registered, card)
         seen: dict[str, Any] = {}
 
         def beats(current: str | None) -> bool:  # an S3 registry may ask again after a lost race
@@ -184,6 +204,46 @@ def run(params: Params, checkpoint: Path, eval_dir: Path, registry: str | Path) 
         }
         reg.log_decision({**record, "time": datetime.now(UTC).isoformat(timespec="seconds")})
     return record
+
+
+def _checkpoint_lineage(checkpoint: Path) -> dict[str, Any]:
+    path = checkpoint / LINEAGE_FILE
+    if not path.is_file():
+        return {}
+    try:
+        value = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"promote: {path} is not valid JSON ({exc})") from None
+    return value if isinstance(value, dict) else {}
+
+
+def _training_code_matches(lineage: dict[str, Any]) -> bool | None:
+    """Is the running code of the checkpoint's stage the code that trained it (same code_version digest)?"""
+    stage, recorded = lineage.get("stage"), lineage.get("code_version")
+    if not isinstance(stage, str) or not isinstance(recorded, str):
+        return None
+    try:
+        return code_version(f"{__package__}.{stage}") == recorded
+    except ValueError:  # not a stage of this package
+        return None
+
+
+def provenance(params: Params, lineage: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    """What a registered record says about where the checkpoint came from: when, the params values of the
+    checkpoint's stage and of its evaluation, the checkpoint's data lineage (input hashes and sizes, models), the
+    registering code's version and git commit, and whether that code still is the training code."""
+    found = summary.get("lineage")
+    ev_lineage: dict[str, Any] = found if isinstance(found, dict) else {}
+    return {
+        "registered_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "registered_by": code_version(),
+        "git": git_state(),
+        "training_code_matches": _training_code_matches(lineage),
+        "params": params_record(params, lineage, ev_lineage),
+        "lineage": {
+            k: lineage[k] for k in ("stage", "code_version", "inputs", "input_sizes", "models") if k in lineage
+        },
+    }
 
 
 def _check_champion(reg: RegistryBackend) -> None:
@@ -213,3 +273,145 @@ def challenge(params: Params, checkpoint: Path, eval_dir: Path, registry: str | 
         "challenger_metric": evaluation.metrics[metric],
         "champion_metric": outcome.champion_metric,
     }
+
+
+# --- by hand: promote a registered version, roll the champion back --------------------------------------------
+def _who() -> str | None:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name and no passwd entry (some containers)
+        return None
+
+
+def _stamp(record: dict[str, Any]) -> dict[str, Any]:
+    return {**record, "by": _who(), "time": datetime.now(UTC).isoformat(timespec="seconds")}
+
+
+def judge_registered(params: Params, reg: RegistryBackend, champion: str | None, candidate: str) -> PromotionDecision:
+    """The promotion rule between two registered versions: both metrics and benchmarks come from their records
+    (the margin and the metric from params.promote)."""
+    cfg = params.promote
+    if champion is None:
+        return PromotionDecision(True, "no champion yet", None)
+    rec, cand = reg.registered(champion), reg.registered(candidate)
+    champion_metric = rec.get("metrics", {}).get(cfg.primary_metric)
+    challenger_metric = cand.get("metrics", {}).get(cfg.primary_metric)
+    if challenger_metric is None:
+        return PromotionDecision(False, f"{candidate} has no stored {cfg.primary_metric}; not comparable", None)
+    same = rec.get("benchmark_sha256") is not None and rec.get("benchmark_sha256") == cand.get("benchmark_sha256")
+    beats, reason = decide(cfg.primary_metric, cfg.margin, challenger_metric, champion_metric, same)
+    return PromotionDecision(beats, reason, champion_metric)
+
+
+def promote_version(params: Params, reg: RegistryBackend, ref: str, reason: str, force: bool = False) -> dict[str, Any]:
+    """Make the registered version `ref` champion. Without `force` it must beat the champion by the rule
+    (`judge_registered`), else PromotionRefused and nothing changes; with `force` it is made champion anyway and
+    the decision says it was forced and what the rule said. Already the champion: nothing changes, nothing is
+    logged. Returns the decision."""
+    cfg = params.promote
+    with reg.transaction():
+        version = str(reg.registered(ref)["version"])  # must exist; an alias resolves to its version
+        seen: dict[str, Any] = {}
+
+        def beats(current: str | None) -> bool:  # an S3 registry may ask again after a lost race
+            outcome = (
+                PromotionDecision(False, f"{version} is already the champion", None)
+                if current == version
+                else judge_registered(params, reg, current, version)
+            )
+            seen.update(previous=current, outcome=outcome)
+            return current != version and (outcome.beats or force)
+
+        after = reg.update_champion(version, beats)
+        outcome: PromotionDecision = seen["outcome"]
+        previous = seen["previous"]
+        if previous == version:
+            return {"action": "promote", "version": version, "promoted": False, "champion": version,
+                    "previous_champion": previous, "reason": outcome.reason}  # fmt: skip
+        if after != version:
+            raise PromotionRefused(
+                f"{version} not promoted: {outcome.reason} (the champion stays {previous}). "
+                f"Pass --force to promote it anyway; the decision log records that it was forced"
+            )
+        rec = reg.registered(version)
+        record = {
+            "action": "promote",
+            "version": version,
+            "promoted": True,
+            "forced": not outcome.beats,
+            "reason": reason,
+            "rule": outcome.reason,
+            "champion": version,
+            "previous_champion": previous,
+            "metric": cfg.primary_metric,
+            "margin": cfg.margin,
+            "challenger_metric": rec.get("metrics", {}).get(cfg.primary_metric),
+            "champion_metric": outcome.champion_metric,
+            "checkpoint_sha256": rec.get("checkpoint_sha256"),
+        }
+        reg.log_decision(_stamp(record))
+    return record
+
+
+def champion_history(decisions: list[dict[str, Any]]) -> list[str]:
+    """The champions in the order they took the alias, as the decision log tells it, with rolled-back ones
+    taken off: a rollback undoes the last change, so rolling back twice goes two champions back."""
+    stack: list[str] = []
+    for d in decisions:
+        new, previous = d.get("champion"), d.get("previous_champion")
+        if not d.get("promoted") or not isinstance(new, str) or new == previous:
+            continue
+        if d.get("action") == "rollback":
+            if stack and stack[-1] == previous:
+                stack.pop()
+            if not stack or stack[-1] != new:
+                stack.append(new)
+        else:
+            stack.append(new)
+    return stack
+
+
+def rollback(reg: RegistryBackend, reason: str) -> dict[str, Any]:
+    """Give the champion alias back to the champion before the current one (`champion_history`), and log it.
+    Refused (PromotionRefused, nothing changed) when there is no champion, no earlier one, or the current
+    champion is not the one the log says holds the alias (set by hand outside the registry commands, or a
+    decision lost in a crash): then `promote_version --force` names the champion explicitly."""
+    with reg.transaction():
+        current = reg.champion()
+        history = champion_history(reg.decisions())
+        if current is None:
+            raise PromotionRefused("no champion to roll back")
+        if not history or history[-1] != current:
+            last = history[-1] if history else "none"
+            raise PromotionRefused(
+                f"the champion is {current}, but the decision log's last champion is {last}: the log cannot say "
+                f"which champion came before; promote the one you want with --force instead"
+            )
+        if len(history) < 2:
+            raise PromotionRefused(f"{current} is the first champion the decision log records: nothing to roll back to")
+        target = history[-2]
+        rec = reg.registered(target)  # must still exist
+
+        seen: dict[str, Any] = {}
+
+        def unchanged(now: str | None) -> bool:  # only over the champion this rollback was decided on
+            seen["now"] = now
+            return now == current
+
+        reg.update_champion(target, unchanged)
+        if seen["now"] != current:
+            raise PromotionRefused(
+                f"the champion changed to {seen['now']} while rolling back from {current}; nothing changed, "
+                f"run it again"
+            )
+        record = {
+            "action": "rollback",
+            "version": target,
+            "promoted": True,
+            "reason": reason,
+            "champion": target,
+            "previous_champion": current,
+            "checkpoint_sha256": rec.get("checkpoint_sha256"),
+        }
+        reg.log_decision(_stamp(record))
+    return record
