@@ -305,3 +305,20 @@ def test_kill_9_of_an_sft_process_then_a_rerun_resumes_to_the_same_weights(data,
     assert resumed["model_id"].split("@")[1] == straight["model_id"].split("@")[1]
     assert resumed["loss_curve"] == straight["loss_curve"]
     assert not list(out.parent.glob(".sft.sft-*.checkpoints"))
+
+
+def test_a_crashed_lora_run_resumes_from_its_adapter_checkpoint(data, tmp_path, monkeypatch):
+    from editthinker.stages import sft
+
+    params = _params(sft={**SFT, "max_steps": 4, "save_steps": 2, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}})
+    straight = sft.run(params, data / "sft", tmp_path / "straight")
+    monkeypatch.setattr(sft, "LogHistory", lambda desc: _crash_at(3))
+    with pytest.raises(Crash):
+        sft.run(params, data / "sft", tmp_path / "sft")
+    monkeypatch.undo()
+    resumed = sft.run(params, data / "sft", tmp_path / "sft")
+    assert resumed["resumed_from_step"] == 2 and resumed["steps_run"] == 2
+    assert resumed["model_id"] == straight["model_id"]
+    assert (tmp_path / "sft" / "adapter" / "adapter_model.safetensors").read_bytes() == (
+        tmp_path / "straight" / "adapter" / "adapter_model.safetensors"
+    ).read_bytes()

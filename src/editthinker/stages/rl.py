@@ -80,7 +80,9 @@ def run(params: Params, rl_data: Path, sft_checkpoint: Path, out_dir: Path, rest
     work = work_dir(Path(out_dir), "rl", run_key("rl", params, sections_of("rl"), inputs))
     resume = open_work_dir(work, restart)
     quantization = cfg.lora.quantization if cfg.lora else "none"
-    model, processor = load_base(str(sft_checkpoint), dtype=params.thinker.dtype, quantization=quantization)
+    remote_code = params.thinker.trust_remote_code
+    model, processor = load_base(str(sft_checkpoint), dtype=params.thinker.dtype, trust_remote_code=remote_code,
+                                 quantization=quantization)  # fmt: skip
     peft_config = prepare_model(model, cfg)
     model.train()
     ctx = make_context(params)
@@ -124,7 +126,8 @@ def run(params: Params, rl_data: Path, sft_checkpoint: Path, out_dir: Path, rest
     trained.eval()
     merge_base = None
     if quantization != "none":
-        merge_base = lambda: load_base(str(sft_checkpoint), dtype=params.thinker.dtype)[0]  # noqa: E731
+        merge_base = lambda: load_base(str(sft_checkpoint), dtype=params.thinker.dtype,  # noqa: E731
+                                       trust_remote_code=remote_code)[0]  # fmt: skip
     metrics = save_checkpoint(Path(out_dir), trained, processor, "rl", params, sections_of("rl"), inputs,
                               metrics, kind=kind_of(Path(sft_checkpoint)), trainer=trainer,
                               merge_base=merge_base)  # fmt: skip
