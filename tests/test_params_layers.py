@@ -136,3 +136,19 @@ def test_pipeline_compile_takes_the_same_layers(tmp_path):
     assert result.exit_code == 0, result.output
     text = (tmp_path / "out" / "editthinker-factory.yaml").read_text()
     assert "registry.example.com/et:set" in text and "et:overlay" not in text
+
+
+def test_the_pipeline_training_steps_keep_their_checkpoints_on_the_model_cache_volume(tmp_path):
+    pytest.importorskip("kfp")
+    from editthinker.training import CHECKPOINT_ROOT_ENV
+    from pipelines.cli import app as pipeline_app
+
+    out = tmp_path / "out"
+    result = runner.invoke(pipeline_app, ["compile", "--params", str(PARAMS), "--set", "kubernetes.model_cache.pvc=hf",
+                                          "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    executors = yaml.safe_load((out / "editthinker-factory.yaml").read_text().split("\n---\n")[0])
+    env = {name: {e["name"]: e.get("value") for e in ex["container"].get("env", [])}
+           for name, ex in executors["deploymentSpec"]["executors"].items()}  # fmt: skip
+    assert env["exec-sft"][CHECKPOINT_ROOT_ENV] == env["exec-rl"][CHECKPOINT_ROOT_ENV] == "/cache/models/checkpoints"
+    assert CHECKPOINT_ROOT_ENV not in env["exec-evaluate"] and CHECKPOINT_ROOT_ENV not in env["exec-generate-shard"]
