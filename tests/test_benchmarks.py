@@ -78,6 +78,20 @@ def test_imgedit_kris_and_risebench_loaders(tmp_path):
     assert rise360["spatial_reasoning_1"].meta["subtask"] == "Component Assembly"
 
 
+def test_params_name_every_benchmark_and_check_editor_names():
+    from editthinker.benchmarks import BENCHMARKS
+    from editthinker.config import BENCHMARK_NAMES, ConfigError
+
+    assert set(BENCHMARK_NAMES) == set(BENCHMARKS)
+    assert {n: getattr(PARAMS.benchmarks, n).judge_model for n in BENCHMARK_NAMES} == {
+        n: b.default_judge for n, b in BENCHMARKS.items()
+    }  # the defaults are the official scripts' judges
+    with pytest.raises(ConfigError, match="benchmarks.editors"):
+        parse_params({"benchmarks": {"editors": ["flux"]}})
+    with pytest.raises(ConfigError, match="benchmarks.gate.editor"):
+        parse_params({"benchmarks": {"gate": {"editor": "flux"}}})
+
+
 def test_loader_errors_name_the_problem(tmp_path):
     root = Path(write("imgedit", tmp_path / "imgedit"))
     (root / "style" / "3.jpg").unlink()
