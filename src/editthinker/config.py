@@ -273,7 +273,11 @@ class PromoteConfig(_Strict):
     # from the environment; versions, numbers, champion and decisions change there only by conditional writes)
     registry: str = "registry"
     primary_metric: Literal["success_rate", "overall", "semantic"] = "overall"
+    # the challenger must beat the editor alone and the champion on the same items: the lower end of the paired
+    # interval (challenger - other) at `confidence` must lie above `margin`
     margin: float = Field(0.0, ge=0)
+    confidence: float = Field(0.95, gt=0, lt=1)
+    max_format_failure_rate: float = Field(0.05, ge=0, le=1)  # share of the thinker's answers that do not parse
 
 
 BENCHMARK_NAMES = ("gedit", "imgedit", "risebench", "kris")
