@@ -25,8 +25,11 @@ from editthinker.world.scene import render_png
 from editthinker.world.tasks import make_tasks
 
 SECTIONS = sections_of("evaluate")
-CHALLENGER = "editor+rl"
 BASELINE = "editor"
+EXPERT = "editor+expert"
+SFT = "editor+sft"
+CHALLENGER = "editor+rl"
+SYSTEMS = (BASELINE, EXPERT, SFT, CHALLENGER)  # the columns of score_by_turn.json (dvc.yaml plots them)
 
 
 def success(e: Episode, params: Params) -> bool:
@@ -80,6 +83,17 @@ def markdown_table(systems: dict[str, dict[str, dict[str, Any]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def scalar_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """The benchmark's numbers by flat name, as a pipeline step logs them: the challenger's (`challenger_*`),
+    its lift over the editor alone (`lift_*`) and each system's success rate, overall score and turns over all
+    editors (`<system>.<name>`, as `dvc metrics show` names metrics.json's)."""
+    out = {f"challenger_{k}": v for k, v in sorted(summary["challenger"].items())}
+    out.update({f"lift_{k}": v for k, v in sorted(summary["lift_over_editor_alone"].items())})
+    for system, by_editor in summary["systems"].items():
+        out.update({f"{system}.{k}": by_editor["all"][k] for k in ("success_rate", "overall", "turns")})
+    return {k: float(v) for k, v in out.items()}
+
+
 def plot_by_turn(curves: dict[str, list[float]], path: Path) -> None:
     import matplotlib
 
@@ -104,8 +118,8 @@ def run(params: Params, sft_checkpoint: Path, rl_checkpoint: Path, out_dir: Path
     judge = build_judge(params.judge)
     thinkers: dict[str, Thinker | None] = {
         BASELINE: None,
-        "editor+expert": build_expert(params.expert, ev.seed),
-        "editor+sft": load_vlm_thinker(sft_checkpoint, params.thinker, params.inference),
+        EXPERT: build_expert(params.expert, ev.seed),
+        SFT: load_vlm_thinker(sft_checkpoint, params.thinker, params.inference),
         CHALLENGER: load_vlm_thinker(rl_checkpoint, params.thinker, params.inference),
     }
     w = params.world
@@ -135,7 +149,7 @@ def run(params: Params, sft_checkpoint: Path, rl_checkpoint: Path, out_dir: Path
         "challenger": {k: challenger[k] for k in ("success_rate", "overall", "semantic", "quality")},
         "lift_over_editor_alone": {k: challenger[k] - systems[BASELINE]["all"][k] for k in ("success_rate", "overall")},
         "lineage": make_lineage("evaluate", params, SECTIONS, inputs, models),
-        "api_usage": api_usage(expert=thinkers["editor+expert"], judge=judge),
+        "api_usage": api_usage(expert=thinkers[EXPERT], judge=judge),
     }
     with atomic_dir(out_dir) as tmp:
         write_json(tmp / "summary.json", summary)
