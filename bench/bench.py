@@ -94,8 +94,11 @@ def bench_demo(work: Path, params_path: Path) -> Path:
     shutil.copy(params_path, demo / "params.yaml")
     exe = Path(sys.executable).parent / "editthinker"
     t0 = time.perf_counter()
+    # the training curves too, where dvc.yaml's sft/rl commands put them: `dvc commit` needs every output
+    env = {**os.environ, "EDITTHINKER_TRAINING_LOGS": "reports/training"}
     with open(work / "demo.log", "w") as log:
-        subprocess.run([str(exe), "run", "--params", "params.yaml"], cwd=demo, check=True, stdout=log, stderr=log)
+        subprocess.run([str(exe), "run", "--params", "params.yaml"], cwd=demo, check=True, stdout=log, stderr=log,
+                       env=env)  # fmt: skip
     line("demo (editthinker run): wall time", time.perf_counter() - t0, "s", "(warm: environment already installed)")
     stats = json.loads((demo / "reports/run_stats.json").read_text())
     for s in stats["stages"]:

@@ -368,6 +368,8 @@ class StepResources(_Strict):
     memory_limit: str = Field("", pattern=r"^([0-9]+(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?)?$")
     timeout_s: int = Field(0, ge=0)  # the pod's activeDeadlineSeconds; 0: none
     retries: int = Field(0, ge=0)
+    # sft / rl with accelerator_count > 1 run under `accelerate launch` with configs/accelerate/<this>.yaml
+    accelerate_config: Literal["zero3", "fsdp"] = "zero3"
 
     @model_validator(mode="after")
     def _accelerator(self) -> StepResources:

@@ -1,8 +1,10 @@
 """What the two training stages (sft, rl) share: the step samples as a trl dataset, the trainer settings,
-one progress bar and the logged history, and an atomic checkpoint with its lineage and metrics."""
+one progress bar and the logged history, the training curves for DVC (DVCLive), and an atomic checkpoint with
+its lineage and metrics."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,10 @@ from editthinker.models.vlm import checkpoint_id, save_thinker, thinker_messages
 from editthinker.storage import atomic_dir, write_json
 
 METRICS_FILE = "metrics.json"
+# A folder: when set, a training stage logs its curves with DVCLive under <folder>/<stage> (dvc.yaml sets it to
+# reports/training; the KFP training steps to an output artifact). Never inside the checkpoint, which must hash
+# the same whenever the same weights are trained.
+TRAINING_LOGS_ENV = "EDITTHINKER_TRAINING_LOGS"
 
 
 def thinker_dataset(samples: list[dict[str, Any]], completion: bool, keep: tuple[str, ...] = ()) -> Dataset:
@@ -78,9 +84,33 @@ def run_settings() -> dict[str, Any]:
     }
 
 
-def train_timed(trainer: Any) -> tuple[Any, dict[str, Any]]:
-    """Train with one progress bar (no per-step printout); the result and the run's step/time figures."""
+def training_log_dir(stage: str) -> Path | None:
+    """Where `stage` logs its training curves: $EDITTHINKER_TRAINING_LOGS/<stage>, or None (no curves)."""
+    root = os.environ.get(TRAINING_LOGS_ENV, "")
+    return Path(root) / stage if root else None
+
+
+def dvclive_callback(log_dir: Path) -> TrainerCallback | None:
+    """transformers' DVCLive callback logging every Trainer log line (loss, learning rate, rewards...) as one step
+    under `log_dir`: `metrics.json` (last values), `plots/metrics/**/*.tsv` (curves by step), `params.yaml`
+    (the trainer arguments). dvc.yaml declares the first two (`dvc metrics`, `dvc plots`), so it writes no
+    dvc.yaml of its own and saves no experiment. Only the main process logs (None on the others)."""
+    if not PartialState().is_main_process:
+        return None
+    from dvclive import Live
+    from transformers.integrations import DVCLiveCallback
+
+    return DVCLiveCallback(live=Live(dir=str(log_dir), dvcyaml=False, save_dvc_exp=False, report=None))
+
+
+def train_timed(trainer: Any, stage: str | None = None) -> tuple[Any, dict[str, Any]]:
+    """Train with one progress bar (no per-step printout); the result and the run's step/time figures. With
+    `stage` and $EDITTHINKER_TRAINING_LOGS set, the curves also go to DVCLive (`training_log_dir`)."""
     trainer.remove_callback(PrinterCallback)
+    log_dir = training_log_dir(stage) if stage else None
+    live = dvclive_callback(log_dir) if log_dir else None
+    if live is not None:
+        trainer.add_callback(live)
     t0 = time.perf_counter()
     result = trainer.train()
     wall = time.perf_counter() - t0

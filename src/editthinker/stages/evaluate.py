@@ -26,11 +26,13 @@ from editthinker.world.scene import render_png
 from editthinker.world.tasks import make_tasks
 
 SECTIONS = sections_of("evaluate")
-CHALLENGER = "editor+rl"
 BASELINE = "editor"
+CHALLENGER = "editor+rl"
+EXPERT = "editor+expert"
+SFT = "editor+sft"
+SYSTEMS = (BASELINE, EXPERT, SFT, CHALLENGER)  # the columns of score_by_turn.json (dvc.yaml plots them)
 # paired comparisons written to summary.json: (system b, system a) -> b - a on the same items
-PAIRS = ((CHALLENGER, BASELINE), ("editor+sft", BASELINE), (CHALLENGER, "editor+sft"))
-ITEM_METRICS = ("success", "overall", "semantic")
+PAIRS = ((CHALLENGER, BASELINE), (SFT, BASELINE), (CHALLENGER, SFT))
 
 
 def success(e: Episode, params: Params) -> bool:
@@ -131,6 +133,17 @@ def paired_table(pairs: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def scalar_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """The benchmark's numbers by flat name, as a pipeline step logs them: the challenger's (`challenger_*`),
+    its lift over the editor alone (`lift_*`) and each system's success rate, overall score and turns over all
+    editors (`<system>.<name>`, as `dvc metrics show` names metrics.json's)."""
+    out = {f"challenger_{k}": v for k, v in sorted(summary["challenger"].items())}
+    out.update({f"lift_{k}": v for k, v in sorted(summary["lift_over_editor_alone"].items())})
+    for system, by_editor in summary["systems"].items():
+        out.update({f"{system}.{k}": by_editor["all"][k] for k in ("success_rate", "overall", "turns")})
+    return {k: float(v) for k, v in out.items()}
+
+
 def plot_by_turn(curves: dict[str, list[float]], path: Path) -> None:
     import matplotlib
 
@@ -155,8 +168,8 @@ def run(params: Params, sft_checkpoint: Path, rl_checkpoint: Path, out_dir: Path
     judge = build_judge(params.judge)
     thinkers: dict[str, Thinker | None] = {
         BASELINE: None,
-        "editor+expert": build_expert(params.expert, ev.seed),
-        "editor+sft": load_vlm_thinker(sft_checkpoint, params.thinker, params.inference),
+        EXPERT: build_expert(params.expert, ev.seed),
+        SFT: load_vlm_thinker(sft_checkpoint, params.thinker, params.inference),
         CHALLENGER: load_vlm_thinker(rl_checkpoint, params.thinker, params.inference),
     }
     w = params.world
@@ -195,7 +208,7 @@ def run(params: Params, sft_checkpoint: Path, rl_checkpoint: Path, out_dir: Path
         "paired": pairs,
         "per_item": items,
         "lineage": make_lineage("evaluate", params, SECTIONS, inputs, models),
-        "api_usage": api_usage(expert=thinkers["editor+expert"], judge=judge),
+        "api_usage": api_usage(expert=thinkers[EXPERT], judge=judge),
     }
     with atomic_dir(out_dir) as tmp:
         write_json(tmp / "summary.json", summary)

@@ -65,7 +65,7 @@ def run(params: Params, rl_data: Path, sft_checkpoint: Path, out_dir: Path) -> d
             processing_class=processor,
             callbacks=[history],
         )
-        _, timing = train_timed(trainer)
+        _, timing = train_timed(trainer, "rl")
     rewards = series(history.logs, "reward")
     metrics = {
         "stage": "rl",

@@ -47,7 +47,7 @@ def run(params: Params, sft_data: Path, out_dir: Path) -> dict[str, Any]:
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
                              callbacks=[history])  # fmt: skip
-        result, timing = train_timed(trainer)
+        result, timing = train_timed(trainer, "sft")
     losses = series(history.logs, "loss")
     metrics = {
         "stage": "sft",
