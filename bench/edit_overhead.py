@@ -10,13 +10,12 @@ Numbers only; no pass/fail (target: overhead < 5% of a turn).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import shutil
 import tempfile
 from pathlib import Path
-from types import ModuleType
 
 import torch
+from test_modules import tests_module
 
 from editthinker import single_edit
 from editthinker.config import ThinkerModelConfig, parse_params
@@ -25,23 +24,12 @@ from editthinker.models.vlm import save_thinker
 from editthinker.world.scene import render_png
 from editthinker.world.tasks import make_task
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _tiny_editors() -> ModuleType:
-    """tests/tiny_editors.py (builds tiny diffusers editors offline), loaded by path: tests/ is no package."""
-    spec = importlib.util.spec_from_file_location("tiny_editors", ROOT / "tests" / "tiny_editors.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="one task per setup: a smoke run, not figures")
     args = ap.parse_args()
-    save_tiny = _tiny_editors().save_tiny
+    save_tiny = tests_module("tiny_editors").save_tiny
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="edit-overhead-"))
     editors = [{"name": "painter", "kind": "synthetic", "profile": "painter"}]

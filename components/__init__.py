@@ -8,3 +8,4 @@ default image; pipelines/platform.py sets each task's image from params.kubernet
 """
 
 FACTORY_IMAGE = "editthinker-factory:cpu"  # = KubernetesConfig().image (tested)
+IMAGE_CONFIGS = "/opt/editthinker/configs"  # where docker/Dockerfile.* copy configs/ (tested): accelerate configs

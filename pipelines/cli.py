@@ -5,11 +5,17 @@ tolerations, PVCs, secrets by name, timeouts, retries) and `generate.shards` at 
 as run-time arguments, each step given only the sections its stage reads. Submit and schedule compile with the
 same params they pass, so the two cannot disagree; the run name carries the params hash
 (`Params.section_hash()`, first 12 hex digits).
+
+An authenticated KFP endpoint gets a bearer token from the environment (`--token-env`, default KFP_TOKEN, used
+when set) or from a file read on every request (`--token-file`, e.g. a projected service-account token); never
+from params or the command line, and it is never printed or compiled into a package.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -45,13 +51,65 @@ RegistryOpt = Annotated[
 SftOpt = Annotated[str | None, typer.Option("--sft-data", help="train only: URI of SFT step samples")]
 RlOpt = Annotated[str | None, typer.Option("--rl-data", help="train only: URI of RL step samples")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="run every step again (default: per-step caching)")]
+DEFAULT_TOKEN_ENV = "KFP_TOKEN"
+TokenEnvOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--token-env",
+        help=f"environment variable holding a bearer token for the KFP API (default {DEFAULT_TOKEN_ENV}, if set)",
+    ),
+]
+TokenFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--token-file", help="file holding the token, read on every request (e.g. a projected service-account token)"
+    ),
+]
 
 
-def client_factory(host: str, namespace: str | None) -> Any:
-    """The KFP client; tests replace this function with a fake."""
+@dataclass(frozen=True)
+class Auth:
+    """How the client authenticates: a token (from the environment) or a token file; neither: anonymous."""
+
+    token: str | None = field(default=None, repr=False)
+    token_file: Path | None = None
+    source: str = "none"  # where it came from, for messages (never the token)
+
+
+def auth_from(token_env: str | None, token_file: Path | None) -> Auth:
+    """The token file if given, else the token in `token_env` (default KFP_TOKEN, optional then)."""
+    if token_file is not None:
+        if token_env is not None:
+            raise typer.BadParameter("give --token-env or --token-file, not both")
+        if not token_file.is_file():
+            raise typer.BadParameter(f"{token_file}: no such file", param_hint="--token-file")
+        return Auth(token_file=token_file, source=f"file {token_file}")
+    var = token_env or DEFAULT_TOKEN_ENV
+    token = os.environ.get(var, "")
+    if not token and token_env is not None:
+        raise typer.BadParameter(f"the environment variable {var} is not set", param_hint="--token-env")
+    return Auth(token=token, source=f"${var}") if token else Auth()
+
+
+def client_factory(host: str, namespace: str | None, auth: Auth) -> Any:
+    """The KFP client, authenticated by `auth`; tests replace this function with a fake."""
     import kfp
+    from kfp.client import ServiceAccountTokenVolumeCredentials
 
-    return kfp.Client(host=host) if namespace is None else kfp.Client(host=host, namespace=namespace)
+    kwargs: dict[str, Any] = {"host": host}
+    if namespace is not None:
+        kwargs["namespace"] = namespace
+    if auth.token_file is not None:
+        kwargs["credentials"] = ServiceAccountTokenVolumeCredentials(path=str(auth.token_file))
+    elif auth.token:
+        kwargs["existing_token"] = auth.token
+    return kfp.Client(**kwargs)
+
+
+def _client(host: str, namespace: str | None, auth: Auth) -> Any:
+    if auth.token or auth.token_file:
+        console.print(f"authenticating to {host} with the token from {auth.source}", highlight=False)
+    return client_factory(host, namespace, auth)
 
 
 def _params(paths: list[Path] | None, sets: list[str] | None) -> Params:
@@ -74,6 +132,13 @@ def _arguments(
         console.print(
             "[yellow]warning:[/yellow] no registry PVC (kubernetes.registry.pvc) and no --registry: the registry "
             "would live in the pods' own file system and vanish with them",
+            highlight=False,
+        )
+    api = [r for r, c in (("expert", params.expert), ("judge", params.judge)) if c.kind == "openai" and c.cache_dir]
+    if api and not params.kubernetes.model_cache.pvc:
+        console.print(
+            f"[yellow]warning:[/yellow] no model cache PVC (kubernetes.model_cache.pvc): the {' and '.join(api)} "
+            "answer cache would live in the pods' own file system and vanish with them",
             highlight=False,
         )
     try:
@@ -118,14 +183,17 @@ def submit(
     rl_data: RlOpt = None,
     namespace: NamespaceOpt = None,
     no_cache: NoCacheOpt = False,
+    token_env: TokenEnvOpt = None,
+    token_file: TokenFileOpt = None,
 ) -> None:
     """Compile one pipeline with params and start a run of it on a KFP backend."""
+    auth = auth_from(token_env, token_file)
     p = _params(params, set_)
     args = _arguments(p, pipeline, registry, sft_data, rl_data)
     name = run_name(p, pipeline.value)
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(Path(tmp) / f"editthinker-{pipeline.value}.yaml", pipeline.value, p)
-        client = client_factory(host, namespace)
+        client = _client(host, namespace, auth)
         result = client.create_run_from_pipeline_package(
             pipeline_file=str(package),
             arguments=args,
@@ -150,19 +218,22 @@ def schedule(
     rl_data: RlOpt = None,
     namespace: NamespaceOpt = None,
     no_cache: NoCacheOpt = False,
+    token_env: TokenEnvOpt = None,
+    token_file: TokenFileOpt = None,
 ) -> None:
     """Create a recurring run (one at a time, no catch-up) of one pipeline on a KFP backend.
 
     Steps are cached: a scheduled run whose params and inputs did not change reuses every cached output
     (challenge and promote still run). Use --no-cache to recompute everything each time.
     """
+    auth = auth_from(token_env, token_file)
     p = _params(params, set_)
     args = _arguments(p, pipeline, registry, sft_data, rl_data)
     expression = cron6(cron)
     name = run_name(p, pipeline.value)
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(Path(tmp) / f"editthinker-{pipeline.value}.yaml", pipeline.value, p)
-        client = client_factory(host, namespace)
+        client = _client(host, namespace, auth)
         exp = client.create_experiment(name=experiment, namespace=namespace)
         job = client.create_recurring_run(
             experiment_id=exp.experiment_id,

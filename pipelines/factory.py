@@ -5,7 +5,10 @@
     editthinker-factory   both, training waiting for validation (bad data stops the run before any training)
 
 Every step's settings (image, accelerator, cpu/memory, node selector, tolerations, PVCs, secrets by name,
-timeout, retries) come from params.kubernetes through `pipelines.platform.apply`, once per task. Data,
+timeout, retries) come from params.kubernetes through `pipelines.platform.apply`, once per task. A training
+step (sft, rl) with accelerator_count > 1 runs its stage under `accelerate launch` over that many GPUs
+(`pipelines.platform.training_launch`, `editthinker.launch`). In the KFP UI, evaluate shows its numbers as
+Metrics and its summary table as Markdown; sft and rl show their final Metrics and keep their DVCLive curves. Data,
 training and evaluation steps are cached (same params and inputs -> same outputs); `challenge` reads the
 registry and `promote` writes it, so neither is ever cached. Each step receives only the params sections its
 stage reads (`editthinker.stages.SECTIONS`), as the run-time argument `<stage>_params`, so its cache key
@@ -23,7 +26,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from kfp import compiler, dsl, local
-from kfp.dsl import Artifact, Dataset, Metrics, Model
+from kfp.dsl import Artifact, Dataset, Markdown, Metrics, Model
 from kfp.dsl.graph_component import GraphComponent
 
 from components.challenge.component import challenge
@@ -37,7 +40,7 @@ from components.split.component import split
 from components.validate.component import validate
 from editthinker.config import Params
 from editthinker.stages import stage_params
-from pipelines.platform import apply
+from pipelines.platform import apply, training_launch
 
 
 class DataOutputs(NamedTuple):
@@ -53,6 +56,7 @@ class TrainOutputs(NamedTuple):
     rl_checkpoint: Model
     evaluation: Artifact
     metrics: Metrics
+    summary: Markdown
     comparison: Artifact
 
 
@@ -66,6 +70,7 @@ class FactoryOutputs(NamedTuple):
     rl_checkpoint: Model
     evaluation: Artifact
     metrics: Metrics
+    summary: Markdown
     comparison: Artifact
 
 
@@ -113,9 +118,11 @@ def _train_steps(params: Params, p: dict[str, Any], sft_data: Any, rl_data: Any,
     """Add sft, rl, evaluate, challenge and (when the challenger beats the champion) promote."""
     k8s = params.kubernetes
     t: dict[str, Any] = {}
-    t["sft"] = apply(sft(params_json=p["sft"], sft_data=sft_data), "sft", k8s)
+    t["sft"] = apply(sft(params_json=p["sft"], sft_data=sft_data, **training_launch(k8s, "sft")), "sft", k8s)
     checkpoint = t["sft"].outputs["checkpoint"]
-    t["rl"] = apply(rl(params_json=p["rl"], rl_data=rl_data, sft_checkpoint=checkpoint), "rl", k8s)
+    t["rl"] = apply(
+        rl(params_json=p["rl"], rl_data=rl_data, sft_checkpoint=checkpoint, **training_launch(k8s, "rl")), "rl", k8s
+    )
     rl_checkpoint = t["rl"].outputs["checkpoint"]
     t["evaluate"] = apply(
         evaluate(params_json=p["evaluate"], sft_checkpoint=checkpoint, rl_checkpoint=rl_checkpoint), "evaluate", k8s
@@ -142,6 +149,7 @@ def _train_outputs(t: dict[str, Any]) -> dict[str, Any]:
         "rl_checkpoint": t["rl"].outputs["checkpoint"],
         "evaluation": t["evaluate"].outputs["evaluation"],
         "metrics": t["evaluate"].outputs["metrics"],
+        "summary": t["evaluate"].outputs["summary"],
         "comparison": t["challenge"].outputs["comparison"],
     }
 

@@ -3,20 +3,43 @@
 `apply(task, step, k8s)` is called once per task by the pipeline builders (pipelines/factory.py): image,
 accelerator, cpu / memory, retries and caching on the task; node selector, tolerations, PVC mounts, secrets
 as env (by name: values stay in the cluster), image pull policy and the pod timeout through kfp-kubernetes
-(the platform spec). kfp.local ignores all of it.
+(the platform spec). kfp.local ignores all of it. Steps that mount the model cache also keep the expert/judge
+answer cache there ($EDITTHINKER_ANSWER_CACHE), so it outlives the pod. `training_launch` gives a training
+step's launch inputs (one process, or `accelerate launch` over its GPUs).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from kfp import kubernetes
 from kfp.dsl import PipelineTask
 
+from components import IMAGE_CONFIGS
+from editthinker.backends.openai_api import ANSWER_CACHE_ENV
 from editthinker.config import KubernetesConfig
+from editthinker.launch import accelerate_config_file
 
 UNCACHED = frozenset({"challenge", "promote"})  # read or write the registry: outside state, never cached
 REGISTRY_STEPS = ("challenge", "promote")
 TRAINING_STEPS = ("sft", "rl")
-CHECKPOINT_ROOT_ENV = "EDITTHINKER_CHECKPOINT_ROOT"  # editthinker.training reads it (not imported: kept light)
+CHECKPOINT_ROOT_ENV = "EDITTHINKER_CHECKPOINT_ROOT"  # editthinker.training reads it (not imported: it loads torch)
+ANSWER_CACHE_FOLDER = "editthinker-answers"  # under the model cache's mount path
+
+
+def answer_cache_root(k8s: KubernetesConfig) -> str:
+    """Where a step that mounts the model-cache PVC keeps the expert/judge answers ("" without a PVC)."""
+    return f"{k8s.model_cache.mount_path.rstrip('/')}/{ANSWER_CACHE_FOLDER}" if k8s.model_cache.pvc else ""
+
+
+def training_launch(k8s: KubernetesConfig, step: str) -> dict[str, Any]:
+    """The launch inputs of a training step (sft, rl), fixed at compile time: one process, or as many as the
+    step's accelerator_count under `accelerate launch` with the image's configs/accelerate/<accelerate_config>."""
+    s = k8s.step(step)
+    if s.accelerator_count <= 1:
+        return {"num_processes": 1, "accelerate_config": ""}
+    config = accelerate_config_file(IMAGE_CONFIGS, s.accelerate_config)
+    return {"num_processes": s.accelerator_count, "accelerate_config": config.as_posix()}
 
 
 def apply(task: PipelineTask, step: str, k8s: KubernetesConfig) -> PipelineTask:
@@ -49,6 +72,7 @@ def apply(task: PipelineTask, step: str, k8s: KubernetesConfig) -> PipelineTask:
     if k8s.model_cache.pvc and step in k8s.model_cache_steps:
         kubernetes.mount_pvc(task, pvc_name=k8s.model_cache.pvc, mount_path=k8s.model_cache.mount_path)
         task.set_env_variable("HF_HOME", k8s.model_cache.mount_path)
+        task.set_env_variable(ANSWER_CACHE_ENV, answer_cache_root(k8s))
         if step in TRAINING_STEPS:  # a retried training step resumes from its checkpoints on the volume
             task.set_env_variable(CHECKPOINT_ROOT_ENV, f"{k8s.model_cache.mount_path.rstrip('/')}/checkpoints")
     if k8s.registry.pvc and step in REGISTRY_STEPS:

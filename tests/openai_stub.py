@@ -5,8 +5,9 @@ Each POST /v1/chat/completions takes the next action of `script` (then `default`
 - Status(code, headers, body): an error reply (500, 429 with Retry-After, ...);
 - Hang(seconds): sleeps (bounded) before answering nothing, so the client times out;
 - Raw(body): a 200 whose body is `body` as is (e.g. not JSON).
-`delay_s` is added before every reply (latency for the bench). Every request body and Authorization header is
-recorded, so tests can count calls and check what was sent.
+`responder(body)`, when given, chooses the action from the request body instead (answers that depend on what was
+asked, whatever the order of concurrent calls). `delay_s` is added before every reply (latency for the bench).
+Every request body and Authorization header is recorded, so tests can count calls and check what was sent.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -52,8 +54,15 @@ class _Server(ThreadingHTTPServer):
 
 
 class StubOpenAIServer:
-    def __init__(self, script: list[Action] | None = None, default: Action | None = None, delay_s: float = 0.0):
+    def __init__(
+        self,
+        script: list[Action] | None = None,
+        default: Action | None = None,
+        delay_s: float = 0.0,
+        responder: Callable[[dict[str, Any]], Action] | None = None,
+    ):
         self.script = list(script or [])
+        self.responder = responder
         self.default = default or Answer('{"is_satisfied": true, "reason": "ok", "new_rewritten_prompt": "x"}')
         self.delay_s = delay_s
         self.requests: list[dict[str, Any]] = []
@@ -86,6 +95,8 @@ class StubOpenAIServer:
                     stub.requests.append(body)
                     stub.auth_headers.append(self.headers.get("Authorization", ""))
                     action = stub.script.pop(0) if stub.script else stub.default
+                if stub.responder is not None:
+                    action = stub.responder(body)
                 if stub.delay_s:
                     time.sleep(stub.delay_s)
                 if isinstance(action, Hang):

@@ -34,6 +34,7 @@ CHANGES = {
     "promote": {"margin": 0.5},
     "kubernetes": {"image": "other:tag"},
     "s3": {"bucket": "b"},
+    "benchmarks": {"max_turns": 3},
 }
 
 

@@ -8,7 +8,6 @@ import io
 import pytest
 import torch
 from PIL import Image
-from tests.tiny_editors import save_tiny
 
 from editthinker.backends.diffusers_editors import DiffusersEditor
 from editthinker.backends.factory import build_editor
@@ -17,6 +16,7 @@ from editthinker.diffusers_pipelines import PIPELINES
 from editthinker.roles import EditRequest
 from editthinker.world.scene import render_png
 from editthinker.world.tasks import make_task
+from tiny_editors import save_tiny
 
 SIZE = 48  # requested output size; the 64 px source is resized, so the size really comes from params
 

@@ -6,7 +6,6 @@ import json
 
 import pytest
 from PIL import Image
-from tests.tiny_editors import save_tiny
 from typer.testing import CliRunner
 
 from editthinker.cli import app
@@ -15,6 +14,7 @@ from editthinker.models.tiny_vlm import MODEL_KIND, build_tiny_thinker
 from editthinker.models.vlm import save_thinker
 from editthinker.world.scene import render_png
 from editthinker.world.tasks import make_task
+from tiny_editors import save_tiny
 
 
 @pytest.fixture

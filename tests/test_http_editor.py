@@ -215,10 +215,9 @@ def test_serve_editor_command(tmp_path):
 
 
 def test_served_diffusers_editor_matches_in_process(tmp_path):
-    from tests.tiny_editors import save_tiny
-
     from editthinker.backends.diffusers_editors import DiffusersEditor
     from editthinker.config import DiffusersEditorConfig
+    from tiny_editors import save_tiny
 
     path = save_tiny("flux-kontext", tmp_path / "flux")
     editor = DiffusersEditor(

@@ -281,6 +281,9 @@ def test_gpu_params_compile_into_resources_and_platform_spec(tmp_path: Path) -> 
                 mounts = {m["mountPath"]: m["pvcNameParameter"]["runtimeValue"]["constant"] for m in plat["pvcMount"]}
                 assert mounts == {"/cache/hf": "editthinker-hf-cache"}, tname
                 assert {"name": "HF_HOME", "value": "/cache/hf"} in container["env"]
+                # the expert/judge answers live on the model-cache PVC too, not in the pod
+                answers = {"name": "EDITTHINKER_ANSWER_CACHE", "value": "/cache/hf/editthinker-answers"}
+                assert answers in container["env"], tname
             else:
                 assert container["image"] == "registry.example.com/editthinker:1.0-cpu", tname
                 assert "accelerator" not in res and "nodeSelector" not in plat and "tolerations" not in plat, tname
@@ -335,6 +338,58 @@ def test_no_secret_value_reaches_the_compiled_yaml(tmp_path: Path, monkeypatch: 
             assert value not in text
         assert "editthinker-api" in text or text.startswith("{")  # the names are there (the packages)
     assert all(var in texts[0] for var in values if var != "OPENAI_API_KEY")
+
+
+def test_training_steps_run_under_accelerate_launch_over_their_gpus(tmp_path: Path) -> None:
+    """accelerator_count > 1 compiles into the step's launch inputs: that many processes under `accelerate
+    launch` with the image's configs/accelerate/<accelerate_config>.yaml (what editthinker.launch runs)."""
+    from components import IMAGE_CONFIGS
+
+    data = gpu_params_data()
+    data["kubernetes"]["steps"]["rl"] = {**GPU, "accelerator_count": 4, "accelerate_config": "fsdp"}
+    _, spec, _ = load(compile_all(tmp_path, parse_params(data))["factory"])
+    tasks = flat_tasks(spec)
+
+    def launch(task: str) -> dict[str, Any]:
+        given = tasks[task]["inputs"]["parameters"]
+        return {k: given[k]["runtimeValue"]["constant"] for k in ("num_processes", "accelerate_config")}
+
+    assert launch("sft") == {"num_processes": 2, "accelerate_config": f"{IMAGE_CONFIGS}/accelerate/zero3.yaml"}
+    assert launch("rl") == {"num_processes": 4, "accelerate_config": f"{IMAGE_CONFIGS}/accelerate/fsdp.yaml"}
+    # one GPU, or none: the stage in the step's own process
+    _, spec1, _ = load(compile_all(tmp_path / "one", gpu_params())["train"])
+    given = flat_tasks(spec1)["rl"]["inputs"]["parameters"]
+    assert given["num_processes"]["runtimeValue"]["constant"] == 1
+    assert given["accelerate_config"]["runtimeValue"]["constant"] == ""
+    # the images carry configs/ where the steps look for it, and both configs exist
+    for dockerfile in ("Dockerfile.cpu", "Dockerfile.cuda"):
+        lines = (ROOT / "docker" / dockerfile).read_text().splitlines()
+        workdir = [line for line in lines if line.startswith("WORKDIR ")]
+        assert f"WORKDIR {IMAGE_CONFIGS.removesuffix('/configs')}" in workdir, dockerfile
+        assert "COPY configs ./configs" in lines, dockerfile
+    for name in ("zero3", "fsdp"):
+        assert (ROOT / "configs" / "accelerate" / f"{name}.yaml").is_file()
+
+
+def test_evaluation_and_training_show_in_the_kfp_ui(tmp_path: Path) -> None:
+    """evaluate writes Metrics and the summary table as Markdown; sft and rl write their final Metrics and
+    their DVCLive curves; the pipelines hand the metrics and the summary on as outputs."""
+    path = compile_all(tmp_path, Params())["factory"]
+    _, spec, _ = load(path)
+    tasks = flat_tasks(spec)
+
+    def outputs(task: str) -> dict[str, str]:
+        comp = spec["components"][tasks[task]["componentRef"]["name"]]
+        return {k: v["artifactType"]["schemaTitle"] for k, v in comp["outputDefinitions"]["artifacts"].items()}
+
+    assert outputs("evaluate") == {"evaluation": "system.Artifact", "metrics": "system.Metrics",
+                                   "summary": "system.Markdown"}  # fmt: skip
+    for step in ("sft", "rl"):
+        assert outputs(step) == {"checkpoint": "system.Model", "metrics": "system.Metrics",
+                                 "training_log": "system.Artifact"}  # fmt: skip
+    pipeline_outputs = spec["root"]["outputDefinitions"]["artifacts"]
+    assert pipeline_outputs["summary"]["artifactType"]["schemaTitle"] == "system.Markdown"
+    assert pipeline_outputs["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
 
 
 def test_kubernetes_params_are_validated() -> None:
@@ -428,13 +483,15 @@ def test_challenge_reads_the_registry_and_writes_nothing(tmp_path: Path) -> None
 class FakeClient:
     """Records what the commands hand to kfp.Client (reading the package while it exists)."""
 
-    def __init__(self, host: str, namespace: str | None) -> None:
-        self.host, self.namespace = host, namespace
+    def __init__(self, host: str, namespace: str | None, auth: pipeline_cli.Auth) -> None:
+        self.host, self.namespace, self.auth = host, namespace, auth
         self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.texts: list[str] = []
         FakeClient.last = self
 
     def _package(self, path: str) -> dict[str, Any]:
-        return yaml.safe_load(Path(path).read_text().split("\n---\n")[0])
+        self.texts.append(Path(path).read_text())
+        return yaml.safe_load(self.texts[-1].split("\n---\n")[0])
 
     def create_run_from_pipeline_package(self, **kw: Any) -> Any:
         self.calls.append(("run", {**kw, "package": self._package(kw["pipeline_file"])}))
@@ -537,6 +594,105 @@ def test_pipeline_schedule_creates_a_recurring_run(tmp_path: Path, fake_client: 
     assert bad.exit_code != 0 and "cron" in bad.output
 
 
+TOKEN = "kfp-bearer-9f2c41d7e0b3a6c58d1e"
+
+
+def plain(output: str) -> str:
+    """CLI output without rich's error box and line wrapping."""
+    return " ".join(output.replace("│", " ").split())
+
+
+def test_submit_and_schedule_authenticate_with_a_token_from_the_environment_only(
+    tmp_path: Path, fake_client: type[FakeClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The token comes from $KFP_TOKEN (or the variable --token-env names) and reaches the client; it never
+    shows in the output, the compiled package or the run arguments."""
+    params_file = write_params(tmp_path)
+    submit = ["pipeline", "submit", "--host", "https://kfp.example", "--params", str(params_file)]
+    schedule = ["pipeline", "schedule", *submit[2:], "--cron", "0 3 * * *"]
+    monkeypatch.delenv("KFP_TOKEN", raising=False)
+    result = CliRunner().invoke(cli_app, submit)
+    assert result.exit_code == 0, result.output
+    assert fake_client.last.auth == pipeline_cli.Auth()  # no token anywhere: anonymous, as before
+
+    monkeypatch.setenv("KFP_TOKEN", TOKEN)
+    for command in (submit, schedule):
+        result = CliRunner().invoke(cli_app, command)
+        assert result.exit_code == 0, result.output
+        client = fake_client.last
+        assert client.auth.token == TOKEN and client.auth.token_file is None
+        assert "$KFP_TOKEN" in plain(result.output)
+        assert TOKEN not in "".join(plain(result.output).split())  # not even wrapped over two lines
+        assert client.texts and not any(TOKEN in text for text in client.texts)
+        assert TOKEN not in json.dumps([call for _, call in client.calls], default=str)
+        assert TOKEN not in repr(client.auth)
+
+    monkeypatch.setenv("TEAM_KFP_TOKEN", TOKEN + "-team")
+    result = CliRunner().invoke(cli_app, [*submit, "--token-env", "TEAM_KFP_TOKEN"])
+    assert result.exit_code == 0, result.output
+    assert fake_client.last.auth.token == TOKEN + "-team"
+    result = CliRunner().invoke(cli_app, [*submit, "--token-env", "NO_SUCH_TOKEN_VAR"])
+    assert result.exit_code != 0 and "NO_SUCH_TOKEN_VAR is not set" in plain(result.output)
+
+
+def test_submit_reads_a_token_file_on_every_request(
+    tmp_path: Path, fake_client: type[FakeClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params_file = write_params(tmp_path)
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    monkeypatch.setenv("KFP_TOKEN", "ignored-when-a-file-is-given")
+    args = ["pipeline", "submit", "--host", "https://kfp.example", "--params", str(params_file)]
+    result = CliRunner().invoke(cli_app, [*args, "--token-file", str(token_file)])
+    assert result.exit_code == 0, result.output
+    assert fake_client.last.auth.token_file == token_file and fake_client.last.auth.token is None
+    assert TOKEN not in "".join(plain(result.output).split())
+    assert not any(TOKEN in t for t in fake_client.last.texts)
+    missing = CliRunner().invoke(cli_app, [*args, "--token-file", str(tmp_path / "none")])
+    assert missing.exit_code != 0 and "no such file" in plain(missing.output)
+    both = CliRunner().invoke(cli_app, [*args, "--token-file", str(token_file), "--token-env", "KFP_TOKEN"])
+    assert both.exit_code != 0 and "not both" in plain(both.output)
+
+
+def test_client_factory_hands_the_credentials_to_kfp_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real factory: a token as kfp.Client's existing_token, a token file as its credentials (KFP's
+    ServiceAccountTokenVolumeCredentials, which reads the file on every request)."""
+    import kfp
+    from kfp.client import ServiceAccountTokenVolumeCredentials
+
+    made: list[dict[str, Any]] = []
+    monkeypatch.setattr(kfp, "Client", lambda **kw: made.append(kw))
+    pipeline_cli.client_factory("https://kfp.example", None, pipeline_cli.Auth(token=TOKEN, source="$KFP_TOKEN"))
+    assert made[-1] == {"host": "https://kfp.example", "existing_token": TOKEN}
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    pipeline_cli.client_factory("https://kfp.example", "team-a", pipeline_cli.Auth(token_file=token_file))
+    creds = made[-1].pop("credentials")
+    assert made[-1] == {"host": "https://kfp.example", "namespace": "team-a"}
+    assert isinstance(creds, ServiceAccountTokenVolumeCredentials)
+    assert creds._get_token() == TOKEN  # read from the file (kfp strips it), when a request needs it
+    pipeline_cli.client_factory("http://kfp:8080", None, pipeline_cli.Auth())
+    assert made[-1] == {"host": "http://kfp:8080"}
+
+
+def test_submit_warns_when_api_answers_would_be_cached_in_the_pod(
+    tmp_path: Path, fake_client: type[FakeClient]
+) -> None:
+    api = {"kind": "openai", "model": "m", "base_url": "http://vllm:8000/v1"}
+    params_file = tmp_path / "api.yaml"
+    params_file.write_text(yaml.safe_dump({"generate": {"shards": 1}, "judge": api}))
+    args = ["pipeline", "submit", "--host", "http://kfp:8080", "--params", str(params_file), "--registry", "/r"]
+    result = CliRunner().invoke(cli_app, args)
+    assert result.exit_code == 0, result.output
+    assert "no model cache PVC" in plain(result.output) and "judge answer cache" in plain(result.output)
+    with_pvc = tmp_path / "api-pvc.yaml"
+    with_pvc.write_text(yaml.safe_dump({"generate": {"shards": 1}, "judge": api,
+                                        "kubernetes": {"model_cache": {"pvc": "hf-cache"}}}))  # fmt: skip
+    result = CliRunner().invoke(cli_app, [*args[:-4], "--params", str(with_pvc), "--registry", "/r"])
+    assert result.exit_code == 0, result.output
+    assert "no model cache PVC" not in result.output
+
+
 def test_the_stage_cli_does_not_import_kfp() -> None:
     code = "import sys, editthinker.cli; assert 'kfp' not in sys.modules and 'pipelines' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT / "src")
@@ -599,6 +755,11 @@ def test_kfp_local_factory_promotes_only_when_the_challenger_wins(
 
     first = run_local(params, tmp_path / "run", registry=registry, enable_caching=True)
     assert json.loads(Path(first["comparison"]).read_text())["beats_champion"] is True
+    summary = json.loads((Path(first["evaluation"]) / "summary.json").read_text())
+    assert Path(first["summary"]).read_text() == (Path(first["evaluation"]) / "summary.md").read_text()
+    logged = json.loads(Path(first["metrics"]).read_text())  # what the step logged as KFP metrics
+    assert logged["challenger_overall"] == summary["challenger"]["overall"]
+    assert logged["editor.success_rate"] == summary["systems"]["editor"]["all"]["success_rate"]
     reg = Registry(registry)
     assert reg.champion() is not None and len(reg.decisions()) == 1
 

@@ -1,5 +1,5 @@
 from kfp import dsl
-from kfp.dsl import Artifact, Input, Metrics, Model, Output
+from kfp.dsl import Artifact, Input, Markdown, Metrics, Model, Output
 
 from components import FACTORY_IMAGE
 
@@ -11,8 +11,10 @@ def evaluate(
     rl_checkpoint: Input[Model],
     evaluation: Output[Artifact],
     metrics: Output[Metrics],
+    summary: Output[Markdown],
 ):
-    """Held-out benchmark; logs the challenger's scalar metrics from summary.json."""
+    """Held-out benchmark. The KFP UI shows its numbers (Metrics: the challenger's, its lift, every system's)
+    and its summary table (Markdown); `evaluation` holds every report file."""
     import json
     from pathlib import Path
 
@@ -20,11 +22,12 @@ def evaluate(
     from editthinker.stages import evaluate as stage
 
     params = parse_params(json.loads(params_json))
-    stage.run(params, Path(sft_checkpoint.path), Path(rl_checkpoint.path), Path(evaluation.path))
-    summary = json.loads((Path(evaluation.path) / "summary.json").read_text())
-    scalars = {f"challenger_{k}": v for k, v in sorted(summary["challenger"].items()) if type(v) in (int, float)}
+    result = stage.run(params, Path(sft_checkpoint.path), Path(rl_checkpoint.path), Path(evaluation.path))
+    scalars = stage.scalar_metrics(result)
     for name, value in scalars.items():
         metrics.log_metric(name, value)
     # a file too: an artifact without one is a cache miss for kfp.local, and nothing to browse for the UI
     Path(metrics.path).parent.mkdir(parents=True, exist_ok=True)
     Path(metrics.path).write_text(json.dumps(scalars, indent=2) + "\n")
+    Path(summary.path).parent.mkdir(parents=True, exist_ok=True)
+    Path(summary.path).write_text((Path(evaluation.path) / "summary.md").read_text())

@@ -1,17 +1,32 @@
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Model, Output
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
 from components import FACTORY_IMAGE
 
 
 @dsl.component(base_image=FACTORY_IMAGE, install_kfp_package=False)
-def rl(params_json: str, rl_data: Input[Dataset], sft_checkpoint: Input[Model], checkpoint: Output[Model]):
-    """GRPO from the SFT checkpoint on RL step samples."""
+def rl(
+    params_json: str,
+    rl_data: Input[Dataset],
+    sft_checkpoint: Input[Model],
+    checkpoint: Output[Model],
+    metrics: Output[Metrics],
+    training_log: Output[Artifact],
+    num_processes: int = 1,
+    accelerate_config: str = "",
+):
+    """GRPO from the SFT checkpoint on RL step samples; on several GPUs (num_processes > 1) under
+    `accelerate launch` with accelerate_config. Logs the final metrics; the DVCLive curves go to training_log."""
     import json
     from pathlib import Path
 
-    from editthinker.config import parse_params
-    from editthinker.stages import rl as stage
+    from editthinker.launch import run_training, scalar_metrics
 
-    params = parse_params(json.loads(params_json))
-    stage.run(params, Path(rl_data.path), Path(sft_checkpoint.path), Path(checkpoint.path))
+    inputs = [Path(rl_data.path), Path(sft_checkpoint.path)]
+    result = run_training("rl", params_json, inputs, Path(checkpoint.path), num_processes, accelerate_config,
+                          Path(training_log.path))  # fmt: skip
+    scalars = scalar_metrics(result)
+    for name, value in scalars.items():
+        metrics.log_metric(name, value)
+    Path(metrics.path).parent.mkdir(parents=True, exist_ok=True)  # a file too: kfp.local caches on it
+    Path(metrics.path).write_text(json.dumps(scalars, indent=2) + "\n")

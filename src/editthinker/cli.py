@@ -569,5 +569,106 @@ def import_release(
         console.print(line, highlight=False, markup=False)
 
 
+# -- public benchmarks: ImgEdit-Bench, GEdit-Bench, RISEBench, KRIS-Bench (editthinker.benchmarks) ----------
+benchmark_app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Public benchmarks (imgedit, gedit, risebench, kris)."
+)
+app.add_typer(benchmark_app, name="benchmark")
+BENCHMARK_RUNS = Path("reports/benchmarks")
+
+
+def _max_turns(spec: str, default: int) -> list[int]:
+    try:
+        turns = [int(t) for t in spec.split(",")] if spec else [default]
+    except ValueError:
+        console.print(f"[red]error:[/red] --max-turns {spec!r}: give a number or a list such as 2,4,6,8")
+        raise typer.Exit(2) from None
+    return turns
+
+
+def _print_scores(result: dict[str, Any]) -> None:
+    h = result["headline"]
+    ci = result["intervals"].get(h)
+    c = result["counts"]
+    value = f"{result['metrics'].get(h, float('nan')):.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+    console.print(
+        f"{result['title']} {result['run']}: {h} ({result['scale']}) {value}; scored {c['scored']}/{c['items']}, "
+        f"missing outputs {c['missing_outputs']}, missing scores {c['missing_scores']}; "
+        f"judge {result['judge']['model']}, cost ${result['judge_usage'].get('cost_usd', 0):.4f}",
+        highlight=False,
+    )
+
+
+@benchmark_app.command("run")
+def benchmark_run(
+    benchmark: Annotated[str, typer.Option(help="gedit, imgedit, risebench or kris")],
+    editor: Annotated[str, typer.Option(help="an editor name from params.editors")],
+    system: Annotated[str, typer.Option(help="editor, expert, or thinker:<checkpoint folder or model id>")] = "editor",
+    data: Annotated[str, typer.Option(help="the benchmark as distributed; default params benchmarks.<name>.data")] = "",
+    max_turns: Annotated[str, typer.Option(help="e.g. 5, or 2,4,6,8 for the turn ablation")] = "",
+    out: Annotated[Path | None, typer.Option(help="runs folder; default reports/benchmarks/<benchmark>")] = None,
+    limit: Annotated[int | None, typer.Option(help="only the first N items")] = None,
+    name: Annotated[str | None, typer.Option(help="run folder name; default <editor>-<system>-t<turns>")] = None,
+    score: Annotated[bool, typer.Option("--score", help="score each run when it is done")] = False,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Run the Think-while-Edit loop on a benchmark; the edits land where its official scorer reads them."""
+    from functools import partial
+
+    from editthinker.benchmarks import runner, scoring
+
+    p = _params(params, set_)
+    root = out or BENCHMARK_RUNS / benchmark
+    failed = 0
+    for turns in _max_turns(max_turns, p.benchmarks.max_turns):
+        summary = _stage(
+            "benchmark run",
+            partial(runner.run, p, benchmark, data, editor, system, turns, root, limit=limit, name=name),
+        )
+        failed += summary["items"]["failed"]
+        console.print(f"{summary['run_dir']}: edits {summary['edits']}, critiques {summary['critiques']}")
+        if score:
+            _print_scores(_stage("benchmark score", partial(scoring.score_run, p, Path(summary["run_dir"]))))
+    if failed:
+        console.print(f"[red]{failed} items failed to edit (run.json 'failed'); run again to resume[/red]")
+        raise typer.Exit(1)
+
+
+@benchmark_app.command("score")
+def benchmark_score(
+    run: Annotated[list[Path], typer.Option(help="a run folder (repeat for several)")],
+    data: Annotated[str, typer.Option(help="override the data location recorded in run.json")] = "",
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Score runs with each benchmark's judge protocol; writes scores.json and judgements.jsonl into each."""
+    from functools import partial
+
+    from editthinker.benchmarks import scoring
+
+    p = _params(params, set_)
+    for folder in run:
+        _print_scores(_stage("benchmark score", partial(scoring.score_run, p, folder, data or None)))
+
+
+@benchmark_app.command("report")
+def benchmark_report(
+    runs: Annotated[list[Path], typer.Option(help="a folder of scored runs (repeat for several)")] = [BENCHMARK_RUNS],  # noqa: B006
+    out: Annotated[Path, typer.Option(help="report folder: report.json, report.md, comparison.png")] = Path(
+        "reports/benchmarks/report"
+    ),
+    max_turns: Annotated[int | None, typer.Option(help="turns of the main comparison; default params")] = None,
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Editor alone -> + thinker -> + expert on every benchmark, with 95% intervals, categories, turn ablation."""
+    from editthinker.benchmarks.report import REPORT_MD, write_report
+
+    p = _params(params, set_)
+    _stage("benchmark report", lambda: write_report(runs, out, max_turns or p.benchmarks.max_turns))
+    Console().print((out / REPORT_MD).read_text(), highlight=False)
+
+
 if __name__ == "__main__":
     app()

@@ -373,7 +373,69 @@ class PromoteConfig(_Strict):
     # from the environment; versions, numbers, champion and decisions change there only by conditional writes)
     registry: str = "registry"
     primary_metric: Literal["success_rate", "overall", "semantic"] = "overall"
+    # the challenger must beat the editor alone and the champion on the same items: the lower end of the paired
+    # interval (challenger - other) at `confidence` must lie above `margin`
     margin: float = Field(0.0, ge=0)
+    confidence: float = Field(0.95, gt=0, lt=1)
+    max_format_failure_rate: float = Field(0.05, ge=0, le=1)  # share of the thinker's answers that do not parse
+
+
+BENCHMARK_NAMES = ("gedit", "imgedit", "risebench", "kris")
+SYSTEM_KINDS: tuple[Literal["editor", "thinker", "expert"], ...] = ("editor", "thinker", "expert")
+
+
+class BenchmarkJudgeConfig(OpenAIAPIConfig):
+    """The judge of the public benchmarks' scorers: always an OpenAI-compatible API (GPT-4.1 / GPT-4o, or an
+    open judge behind vLLM). `model` empty: each benchmark's own default (`<benchmark>.judge_model`)."""
+
+    concurrency: int = Field(16, ge=1)
+    cache_dir: str = ".cache/benchmark-judge"
+    max_tokens: int = Field(1000, ge=1)
+    response_format: Literal["json_schema", "json_object", "none"] = "none"  # the protocols ask for plain text
+    format_retries: int = Field(1, ge=0)  # re-asks after an unparsable answer; then the score is missing
+
+
+class BenchmarkDataConfig(_Strict):
+    data: str = ""  # where the benchmark lives as distributed (a folder, a JSON file, or for GEdit a hub id)
+    judge_model: str  # the judge model its official scripts call
+
+
+class GEditConfig(BenchmarkDataConfig):
+    judge_model: str = "gpt-4.1"
+    language: Literal["en", "cn"] = "en"
+
+
+class KrisConfig(BenchmarkDataConfig):
+    judge_model: str = "gpt-4o"
+    # multi-element_composition gives 3 source images; single-image editors get them side by side
+    multi_image: Literal["side_by_side", "exclude"] = "side_by_side"
+
+
+class BenchmarkGateConfig(_Strict):
+    """Promotion also needs the challenger's thinker to beat the champion on this benchmark metric."""
+
+    benchmark: Literal["gedit", "imgedit", "risebench", "kris"] = "gedit"
+    metric: str = "overall"  # a key of the benchmark's metrics (gedit: overall/semantic/quality, ...)
+    editor: str = ""  # the editor whose runs count; "": the only editor benchmarked
+    margin: float = Field(0.0, ge=0)
+
+
+class BenchmarksConfig(_Strict):
+    """ImgEdit-Bench, GEdit-Bench, RISEBench and KRIS-Bench: runs, judge and the promotion gate."""
+
+    judge: BenchmarkJudgeConfig = BenchmarkJudgeConfig()
+    max_turns: int = Field(5, ge=1, le=16)  # the method's default
+    seed: int = 0  # editor seed, fixed for every item (method: 0)
+    batch_size: int = Field(8, ge=1)  # items run through the loop in lockstep
+    bootstrap_resamples: int = Field(1000, ge=0)  # 95% intervals over items; 0: none
+    bootstrap_seed: int = 0
+    editors: list[str] = Field(default_factory=list)  # editors the pipeline steps benchmark; []: all
+    systems: list[Literal["editor", "thinker", "expert"]] = Field(default_factory=lambda: [*SYSTEM_KINDS])
+    gedit: GEditConfig = GEditConfig()
+    imgedit: BenchmarkDataConfig = BenchmarkDataConfig(judge_model="gpt-4o")
+    risebench: BenchmarkDataConfig = BenchmarkDataConfig(judge_model="gpt-4.1-2025-04-14")
+    kris: KrisConfig = KrisConfig()
+    gate: BenchmarkGateConfig | None = None  # None: promotion does not look at the benchmarks
 
 
 class S3Config(_Strict):
@@ -406,6 +468,8 @@ class StepResources(_Strict):
     memory_limit: str = Field("", pattern=r"^([0-9]+(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?)?$")
     timeout_s: int = Field(0, ge=0)  # the pod's activeDeadlineSeconds; 0: none
     retries: int = Field(0, ge=0)
+    # sft / rl with accelerator_count > 1 run under `accelerate launch` with configs/accelerate/<this>.yaml
+    accelerate_config: Literal["zero3", "fsdp"] = "zero3"
 
     @model_validator(mode="after")
     def _accelerator(self) -> StepResources:
@@ -523,6 +587,7 @@ class Params(_Strict):
     rl: RLParams = RLParams()
     evaluate: EvaluateConfig = EvaluateConfig()
     promote: PromoteConfig = PromoteConfig()
+    benchmarks: BenchmarksConfig = BenchmarksConfig()
     kubernetes: KubernetesConfig = KubernetesConfig()
     s3: S3Config = S3Config()
 
@@ -533,6 +598,12 @@ class Params(_Strict):
         names = [e.name for e in self.editors]
         if len(set(names)) != len(names):
             raise ValueError(f"editors: names must be unique, got {names}")
+        unknown = sorted(set(self.benchmarks.editors) - set(names))
+        if unknown:
+            raise ValueError(f"benchmarks.editors: {unknown} are not in editors {names}")
+        gate = self.benchmarks.gate
+        if gate is not None and gate.editor and gate.editor not in names:
+            raise ValueError(f"benchmarks.gate.editor: {gate.editor!r} is not in editors {names}")
         if self.evaluate.seed == self.generate.seed:
             raise ValueError("evaluate.seed must differ from generate.seed (the benchmark is held out)")
         return self

@@ -1,6 +1,6 @@
 """What the two training stages (sft, rl) share: the step samples as a trl dataset, the trainer settings from
 their params section, what trains (frozen parts, LoRA), resumable runs, one progress bar, and an atomic
-checkpoint with its lineage and metrics.
+checkpoint with its lineage and metrics; the training curves for DVC (DVCLive).
 
 Resumable runs: a stage trains in a work folder named by the run's key (stage, params sections, code, inputs),
 checkpointing every save_steps; a rerun with the same key resumes from the newest whole checkpoint there, and the
@@ -33,6 +33,10 @@ from editthinker.models.vlm import checkpoint_id, save_thinker, thinker_messages
 from editthinker.storage import atomic_dir, write_json
 
 METRICS_FILE = "metrics.json"
+# A folder: when set, a training stage logs its curves with DVCLive under <folder>/<stage> (dvc.yaml sets it to
+# reports/training; the KFP training steps to an output artifact). Never inside the checkpoint, which must hash
+# the same whenever the same weights are trained.
+TRAINING_LOGS_ENV = "EDITTHINKER_TRAINING_LOGS"
 
 
 def thinker_dataset(samples: list[dict[str, Any]], completion: bool, keep: tuple[str, ...] = ()) -> Dataset:
@@ -242,12 +246,40 @@ def restore_weights(model: Any, checkpoint: Path) -> bool:
     return True
 
 
-def train_timed(trainer: Any, resume_from: Path | None) -> tuple[Any, dict[str, Any]]:
+def training_log_dir(stage: str) -> Path | None:
+    """Where `stage` logs its training curves: $EDITTHINKER_TRAINING_LOGS/<stage>, or None (no curves)."""
+    root = os.environ.get(TRAINING_LOGS_ENV, "")
+    return Path(root) / stage if root else None
+
+
+def dvclive_callback(log_dir: Path, start_step: int = 0) -> TrainerCallback | None:
+    """transformers' DVCLive callback logging every Trainer log line (loss, learning rate, rewards...) as one step
+    under `log_dir`: `metrics.json` (last values), `plots/metrics/**/*.tsv` (curves by step), `params.yaml`
+    (the trainer arguments). dvc.yaml declares the first two (`dvc metrics`, `dvc plots`), so it writes no
+    dvc.yaml of its own and saves no experiment. A run resumed at `start_step` continues the curves from there.
+    Only the main process logs (None on the others)."""
+    if not PartialState().is_main_process:
+        return None
+    from dvclive import Live
+    from transformers.integrations import DVCLiveCallback
+
+    live = Live(dir=str(log_dir), dvcyaml=False, save_dvc_exp=False, report=None, resume=start_step > 0)
+    if start_step:
+        live.step = start_step  # DVCLive's step is the Trainer's global step - 1
+    return DVCLiveCallback(live=live)
+
+
+def train_timed(trainer: Any, resume_from: Path | None, stage: str | None = None) -> tuple[Any, dict[str, Any]]:
     """Train (from `resume_from` if given) with one progress bar (no per-step printout); the result and the
-    run's step/time figures: `steps` in all, `steps_run` by this process, `resumed_from_step`."""
+    run's step/time figures: `steps` in all, `steps_run` by this process, `resumed_from_step`. With `stage` and
+    $EDITTHINKER_TRAINING_LOGS set, the curves also go to DVCLive (`training_log_dir`)."""
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(SkipFinalCheckpoint())
     start = int(json.loads((resume_from / RESUME_STATE).read_text())["global_step"]) if resume_from else 0
+    log_dir = training_log_dir(stage) if stage else None
+    live = dvclive_callback(log_dir, start) if log_dir else None
+    if live is not None:
+        trainer.add_callback(live)
     sharded = getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False)
     quiet = _KeyMismatchOnResume()
     if resume_from is not None and not sharded and restore_weights(trainer.model, resume_from):

@@ -4,7 +4,9 @@
   `concurrency` requests in flight (a semaphore), a timeout per attempt and the SDK's own retries with
   exponential backoff on 408/409/429/5xx, connection errors and timeouts (a `Retry-After` header is honoured).
 - A disk cache keyed by the sha256 of the request (base URL, model, messages with the image bytes, sampling
-  params), so a rerun never pays twice. Only the answer and its token counts are stored.
+  params), so a rerun never pays twice. Only the answer and its token counts are stored. A relative `cache_dir`
+  lives under $EDITTHINKER_ANSWER_CACHE when that is set (the KFP steps set it to a folder of the model-cache
+  PVC, so answers outlive the pod and every generation shard shares them), else under the working directory.
 - Token and cost accounting in a `Usage` accumulator that a stage can write into its lineage or metrics.
 - The API key is read from the environment variable NAMED in params (`api_key_env`); its value is handed to
   the SDK and nowhere else: never logged, never hashed into a cache key, never written to a file.
@@ -85,6 +87,18 @@ class Usage:
 
 
 # -- cache -----------------------------------------------------------------------------------------------
+ANSWER_CACHE_ENV = "EDITTHINKER_ANSWER_CACHE"
+
+
+def answer_cache_dir(cache_dir: str) -> Path | None:
+    """The folder of the answer cache for params' `cache_dir`: None for "" (no cache), an absolute path as
+    given, a relative one under $EDITTHINKER_ANSWER_CACHE when set, else under the working directory."""
+    if not cache_dir:
+        return None
+    root = os.environ.get(ANSWER_CACHE_ENV, "")
+    return Path(root) / cache_dir if root else Path(cache_dir)  # (an absolute cache_dir wins over root)
+
+
 class ResponseCache:
     """One JSON file per request, named by the request's sha256; written to a temporary name then renamed."""
 
@@ -142,7 +156,8 @@ class OpenAIChatClient:
         if not key and "api.openai.com" in cfg.base_url:
             raise OpenAICallError(f"{role}: the environment variable {cfg.api_key_env} holding the API key is not set")
         self.usage = Usage()
-        self.cache = ResponseCache(cfg.cache_dir) if cfg.cache_dir else None
+        cache_dir = answer_cache_dir(cfg.cache_dir)
+        self.cache = ResponseCache(cache_dir) if cache_dir else None
         self._response_format_ok = cfg.response_format != "none"
         self._client = AsyncOpenAI(
             base_url=cfg.base_url, api_key=key or _NO_KEY, timeout=cfg.timeout_s, max_retries=cfg.max_retries

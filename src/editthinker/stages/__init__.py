@@ -28,24 +28,32 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "promote": ("world", "editors", "judge", "evaluate", "promote", "s3"),
 }
 STAGES: tuple[str, ...] = tuple(SECTIONS)
+# pipeline steps that are no stage of `editthinker run` (their code lives elsewhere) but receive params the same way
+STEP_SECTIONS: dict[str, tuple[str, ...]] = {
+    **SECTIONS,
+    # a public benchmark (editthinker.benchmarks.step): editors (world: image size), the expert and the trained
+    # thinker as systems, its own judge and data in `benchmarks`
+    "benchmark": ("world", "editors", "expert", "thinker", "inference", "benchmarks"),
+}
 
 
-def sections_of(stage: str) -> tuple[str, ...]:
-    """The params sections `stage` reads."""
+def sections_of(step: str) -> tuple[str, ...]:
+    """The params sections a stage (or another pipeline step) reads."""
     try:
-        return SECTIONS[stage]
+        return STEP_SECTIONS[step]
     except KeyError:
-        raise ValueError(f"unknown stage {stage!r}; stages: {list(STAGES)}") from None
+        raise ValueError(f"unknown stage {step!r}; stages: {list(STEP_SECTIONS)}") from None
 
 
 def module_of(stage: str) -> str:
     """The module that holds `stage`'s run function."""
-    sections_of(stage)
+    if stage not in SECTIONS:
+        raise ValueError(f"unknown stage {stage!r}; stages: {list(STAGES)}")
     return f"{__name__}.{stage}"
 
 
 def stage_params(params: Params, stage: str) -> dict[str, Any]:
-    """The params `stage` receives as a pipeline step: its sections only, with the keys params set.
+    """The params `stage` (or another step) receives in a pipeline: its sections only, with the keys params set.
 
     Only set keys: a section may refuse keys its `kind` does not use, which a dump of every field would give
     it; the step's defaults are the same package's defaults. Sections it does not read stay out, so a change

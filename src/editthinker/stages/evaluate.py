@@ -19,14 +19,20 @@ from editthinker.lineage import make_lineage
 from editthinker.loop import Episode, EpisodeStart, run_episodes
 from editthinker.roles import Thinker
 from editthinker.stages import sections_of
+from editthinker.stats import compare
 from editthinker.storage import atomic_dir, write_json
 from editthinker.usage import api_usage
 from editthinker.world.scene import render_png
 from editthinker.world.tasks import make_tasks
 
 SECTIONS = sections_of("evaluate")
-CHALLENGER = "editor+rl"
 BASELINE = "editor"
+CHALLENGER = "editor+rl"
+EXPERT = "editor+expert"
+SFT = "editor+sft"
+SYSTEMS = (BASELINE, EXPERT, SFT, CHALLENGER)  # the columns of score_by_turn.json (dvc.yaml plots them)
+# paired comparisons written to summary.json: (system b, system a) -> b - a on the same items
+PAIRS = ((CHALLENGER, BASELINE), (SFT, BASELINE), (CHALLENGER, SFT))
 
 
 def success(e: Episode, params: Params) -> bool:
@@ -35,11 +41,41 @@ def success(e: Episode, params: Params) -> bool:
     return s.semantic >= params.evaluate.success_semantic and s.quality >= params.evaluate.success_quality
 
 
+def per_item(episodes: list[Episode], editor: str, params: Params) -> dict[str, list[Any]]:
+    """Each item's outcome (item = task x editor, named `<task id>@<editor>`): what paired comparisons and the
+    promotion rule read."""
+    scores = [e.final.score for e in episodes]
+    if any(s is None for s in scores):
+        raise ValueError("evaluate: an episode ended without a judge score")
+    return {
+        "item": [f"{e.start.episode_id}@{editor}" for e in episodes],
+        "success": [success(e, params) for e in episodes],
+        "overall": [s.overall for s in scores if s is not None],
+        "semantic": [s.semantic for s in scores if s is not None],
+        "critiques": [sum(t.critique is not None for t in e.turns) for e in episodes],
+        "format_failures": [e.format_failures for e in episodes],
+    }
+
+
+def paired(items: dict[str, dict[str, list[Any]]], confidence: float) -> dict[str, Any]:
+    """b - a for each pair of PAIRS, on the same items: success and overall with paired bootstrap intervals,
+    McNemar on success."""
+    out = {}
+    for b, a in PAIRS:
+        x, y = items[a], items[b]
+        if x["item"] != y["item"]:
+            raise ValueError(f"evaluate: {a} and {b} were not run on the same items")
+        out[f"{b} - {a}"] = compare(x["success"], y["success"], x["overall"], y["overall"], confidence)
+    return out
+
+
 def summarise(episodes: list[Episode], params: Params) -> dict[str, Any]:
     n = len(episodes)
     k = sum(success(e, params) for e in episodes)
     ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
     scores = [e.final.score for e in episodes if e.final.score is not None]
+    critiques = sum(t.critique is not None for e in episodes for t in e.turns)
+    failures = sum(e.format_failures for e in episodes)
     return {
         "n": n,
         "success_rate": k / n,
@@ -48,7 +84,8 @@ def summarise(episodes: list[Episode], params: Params) -> dict[str, Any]:
         "quality": fmean(s.quality for s in scores),
         "overall": fmean(s.overall for s in scores),
         "turns": fmean(len(e.turns) for e in episodes),
-        "format_failures": sum(e.format_failures for e in episodes),
+        "format_failures": failures,
+        "format_failure_rate": failures / critiques if critiques else 0.0,
     }
 
 
@@ -80,6 +117,33 @@ def markdown_table(systems: dict[str, dict[str, dict[str, Any]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def paired_table(pairs: dict[str, Any]) -> str:
+    """The paired differences (same items), success in points and overall score, with their 95% intervals."""
+    lines = [
+        "Paired on the same items (b - a), 95% bootstrap intervals; McNemar p on success:\n",
+        "| b - a | success points [95% CI] | overall [95% CI] | McNemar p |",
+        "|---|---|---|---|",
+    ]
+    for name, c in pairs.items():
+        s, o = c["success_rate"], c["overall"]
+        lines.append(
+            f"| {name} | {100 * s['mean']:+.1f} [{100 * s['low']:+.1f}, {100 * s['high']:+.1f}] "
+            f"| {o['mean']:+.2f} [{o['low']:+.2f}, {o['high']:+.2f}] | {c['mcnemar']['p_value']:.3g} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def scalar_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """The benchmark's numbers by flat name, as a pipeline step logs them: the challenger's (`challenger_*`),
+    its lift over the editor alone (`lift_*`) and each system's success rate, overall score and turns over all
+    editors (`<system>.<name>`, as `dvc metrics show` names metrics.json's)."""
+    out = {f"challenger_{k}": v for k, v in sorted(summary["challenger"].items())}
+    out.update({f"lift_{k}": v for k, v in sorted(summary["lift_over_editor_alone"].items())})
+    for system, by_editor in summary["systems"].items():
+        out.update({f"{system}.{k}": by_editor["all"][k] for k in ("success_rate", "overall", "turns")})
+    return {k: float(v) for k, v in out.items()}
+
+
 def plot_by_turn(curves: dict[str, list[float]], path: Path) -> None:
     import matplotlib
 
@@ -104,8 +168,8 @@ def run(params: Params, sft_checkpoint: Path, rl_checkpoint: Path, out_dir: Path
     judge = build_judge(params.judge)
     thinkers: dict[str, Thinker | None] = {
         BASELINE: None,
-        "editor+expert": build_expert(params.expert, ev.seed),
-        "editor+sft": load_vlm_thinker(sft_checkpoint, params.thinker, params.inference),
+        EXPERT: build_expert(params.expert, ev.seed),
+        SFT: load_vlm_thinker(sft_checkpoint, params.thinker, params.inference),
         CHALLENGER: load_vlm_thinker(rl_checkpoint, params.thinker, params.inference),
     }
     w = params.world
@@ -116,32 +180,43 @@ def run(params: Params, sft_checkpoint: Path, rl_checkpoint: Path, out_dir: Path
     ]
     systems: dict[str, dict[str, dict[str, Any]]] = {}
     curves: dict[str, list[float]] = {}
+    items: dict[str, dict[str, list[Any]]] = {}
     for system, thinker in thinkers.items():
         everything: list[Episode] = []
         systems[system] = {}
+        items[system] = {}
         for name, editor in editors.items():
             episodes = run_episodes(starts, editor, thinker, judge, ev.max_turns)
             systems[system][name] = summarise(episodes, params)
             everything += episodes
+            for key, values in per_item(episodes, name, params).items():
+                items[system].setdefault(key, []).extend(values)
         systems[system]["all"] = summarise(everything, params)
         curves[system] = score_by_turn(everything, ev.max_turns)
     models = {f"editor:{n}": e.model_id for n, e in editors.items()}
     models.update({s: t.model_id for s, t in thinkers.items() if t is not None}, judge=judge.model_id)
     inputs = {"sft_checkpoint": sft_checkpoint, "rl_checkpoint": rl_checkpoint}
     challenger = systems[CHALLENGER]["all"]
+    pairs = paired(items, 0.95)
     summary = {
         "systems": systems,
         "score_by_turn": curves,
-        "challenger": {k: challenger[k] for k in ("success_rate", "overall", "semantic", "quality")},
+        "challenger": {
+            k: challenger[k] for k in ("success_rate", "overall", "semantic", "quality", "format_failure_rate")
+        },
         "lift_over_editor_alone": {k: challenger[k] - systems[BASELINE]["all"][k] for k in ("success_rate", "overall")},
+        "paired": pairs,
+        "per_item": items,
         "lineage": make_lineage("evaluate", params, SECTIONS, inputs, models),
-        "api_usage": api_usage(expert=thinkers["editor+expert"], judge=judge),
+        "api_usage": api_usage(expert=thinkers[EXPERT], judge=judge),
     }
     with atomic_dir(out_dir) as tmp:
         write_json(tmp / "summary.json", summary)
         (tmp / "summary.md").write_text(
             f"## Held-out benchmark: {ev.num_tasks} tasks, world seed {ev.seed}, max {ev.max_turns} turns\n\n"
             + markdown_table(systems)
+            + "\n"
+            + paired_table(pairs)
         )
         write_json(
             tmp / "metrics.json",

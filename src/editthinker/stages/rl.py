@@ -109,7 +109,7 @@ def run(params: Params, rl_data: Path, sft_checkpoint: Path, out_dir: Path, rest
         callbacks=[LogHistory("rl"), SaveEditCalls(ctx.stats)],
         peft_config=peft_config,
     )
-    _, timing = train_timed(trainer, resume)
+    _, timing = train_timed(trainer, resume, "rl")
     logs = trainer.state.log_history
     rewards = series(logs, "reward")
     metrics = {

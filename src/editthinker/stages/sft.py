@@ -77,7 +77,7 @@ def run(params: Params, sft_data: Path, out_dir: Path, restart: bool = False) ->
     args = SFTConfig(**trainer_settings(cfg, "sft", work), completion_only_loss=True, max_length=cfg.max_length)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
                          callbacks=[LogHistory("sft")], peft_config=peft_config)  # fmt: skip
-    result, timing = train_timed(trainer, resume)
+    result, timing = train_timed(trainer, resume, "sft")
     losses = series(trainer.state.log_history, "loss")
     metrics = {
         "stage": "sft",

@@ -1,0 +1,1 @@
+"""One public benchmark (ImgEdit, GEdit, RISEBench or KRIS) as a KFP component."""
