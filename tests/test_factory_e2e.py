@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from editthinker.registry import Registry
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "generate": {"num_tasks": 40, "max_turns": 3},
@@ -76,8 +78,7 @@ def test_whole_factory_runs_and_reports(tmp_path):
     # registered either way; champion only if the paired rule says so, and the decision says why
     decisions = [json.loads(x) for x in (tmp_path / "registry/decisions.jsonl").read_text().splitlines()]
     assert decisions[-1]["version"] == "v0001" and decisions[-1]["reason"]
-    aliases = json.loads((tmp_path / "registry/aliases.json").read_text())
-    assert (aliases.get("champion") == "v0001") is decisions[-1]["promoted"]
+    assert (Registry(tmp_path / "registry").champion() == "v0001") is decisions[-1]["promoted"]
     again = cli("promote", "--params", "params.yaml", cwd=tmp_path)  # same checkpoint again: a no-op
     assert again.returncode == 0, again.stderr
     assert sorted(p.name for p in (tmp_path / "registry").iterdir() if p.name.startswith("v")) == ["v0001"]
