@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from editthinker.registry import Registry
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "generate": {"num_tasks": 40, "max_turns": 3},
@@ -63,9 +65,20 @@ def test_whole_factory_runs_and_reports(tmp_path):
     assert (tmp_path / "reports/eval/score_by_turn.png").read_bytes()[:4] == b"\x89PNG"
     lineage = summary["lineage"]
     assert set(lineage["inputs"]) == {"sft_checkpoint", "rl_checkpoint"} and lineage["code_version"]
+    # paired on the same 24 items (12 tasks x 2 editors): per-item outcomes and the differences' intervals
+    items = summary["per_item"]
+    assert all(len(items[s]["item"]) == 24 and items[s]["item"] == items["editor"]["item"] for s in items)
+    lift = summary["paired"]["editor+rl - editor"]
+    assert lift["success_rate"]["low"] <= lift["success_rate"]["mean"] <= lift["success_rate"]["high"]
+    assert (
+        0 <= lift["mcnemar"]["p_value"] <= 1
+        and "Paired on the same items" in (tmp_path / "reports/eval/summary.md").read_text()
+    )
 
-    aliases = json.loads((tmp_path / "registry/aliases.json").read_text())
-    assert aliases["champion"] == "v0001"
+    # registered either way; champion only if the paired rule says so, and the decision says why
+    decisions = [json.loads(x) for x in (tmp_path / "registry/decisions.jsonl").read_text().splitlines()]
+    assert decisions[-1]["version"] == "v0001" and decisions[-1]["reason"]
+    assert (Registry(tmp_path / "registry").champion() == "v0001") is decisions[-1]["promoted"]
     again = cli("promote", "--params", "params.yaml", cwd=tmp_path)  # same checkpoint again: a no-op
     assert again.returncode == 0, again.stderr
     assert sorted(p.name for p in (tmp_path / "registry").iterdir() if p.name.startswith("v")) == ["v0001"]

@@ -30,6 +30,7 @@ from editthinker.lineage import hash_path
 from editthinker.registry import Registry
 from editthinker.stages import SECTIONS, generate
 from editthinker.stages import promote as promote_stage
+from eval_summaries import summary
 from pipelines.factory import PIPELINE_STAGES, build_pipelines, compile_all, pipeline_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -457,11 +458,10 @@ def test_challenge_reads_the_registry_and_writes_nothing(tmp_path: Path) -> None
     (ckpt / "model.bin").write_bytes(b"weights")
     ev = tmp_path / "eval"
     ev.mkdir()
-    challenger = {"success_rate": 0.5, "overall": 6.0, "semantic": 6.5, "quality": 9.0}
 
     def summary_of(checkpoint: Path) -> None:  # the evaluation names the checkpoint it scored
         lineage = {"inputs": {"rl_checkpoint": hash_path(checkpoint)}}
-        (ev / "summary.json").write_text(json.dumps({"challenger": challenger, "lineage": lineage}))
+        (ev / "summary.json").write_text(json.dumps(summary(6.0, lineage)))
 
     summary_of(ckpt)
     reg = tmp_path / "registry"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,7 @@ from editthinker.config import Params, parse_params
 from editthinker.lineage import hash_path
 from editthinker.registry import Registry
 from editthinker.stages import promote
+from eval_summaries import summary
 
 
 def make_checkpoint(root: Path, name: str, weights: bytes) -> Path:
@@ -26,14 +28,13 @@ def make_checkpoint(root: Path, name: str, weights: bytes) -> Path:
     return ckpt
 
 
-def make_eval(root: Path, name: str, overall: float, *, of: Path, success_rate: float = 0.5) -> Path:
-    """An eval summary of checkpoint `of`, as the evaluate stage names it: lineage.inputs.rl_checkpoint."""
+def make_eval(root: Path, name: str, overall: float, *, of: Path, success_rate: float = 0.5, **kw: Any) -> Path:
+    """An eval summary of checkpoint `of`, as the evaluate stage names it (lineage.inputs.rl_checkpoint), its
+    challenger scoring `overall` on every item (kw: editor_overall, n, failures; eval_summaries.summary)."""
     d = root / name
     d.mkdir(parents=True)
-    challenger = {"success_rate": success_rate, "overall": overall, "semantic": overall + 0.5}
     lineage = {"stage": "evaluate", "inputs": {"rl_checkpoint": hash_path(of), "sft_checkpoint": "s" * 64}}
-    summary = {"systems": {"challenger": challenger}, "challenger": challenger, "lineage": lineage}
-    (d / "summary.json").write_text(json.dumps(summary))
+    (d / "summary.json").write_text(json.dumps(summary(overall, lineage, success_rate=success_rate, **kw)))
     return d
 
 

@@ -30,6 +30,7 @@ from editthinker.model_card import card_sha256, git_state, render_card, stage_pa
 from editthinker.registry import Registry, RegistryError
 from editthinker.stages import promote, sections_of
 from editthinker.storage import atomic_dir, write_json
+from eval_summaries import summary
 
 
 # --- building checkpoints and evaluations with real lineages ----------------------------------------------------
@@ -67,8 +68,9 @@ def make_eval(root: Path, name: str, overall: float, of: Path, p: Params) -> Pat
                "turns": 2.0, "format_failures": 0, "success_ci95": [0.1, 0.9]}  # fmt: skip
     systems = {"editor": {"synthetic": {**metrics, "overall": overall - 1}}, "editor+rl": {"synthetic": metrics}}
     lineage = make_lineage("evaluate", p, sections_of("evaluate"), {"rl_checkpoint": of, "sft_checkpoint": of}, {})
-    challenger = {k: metrics[k] for k in ("success_rate", "overall", "semantic", "quality")}
-    (d / "summary.json").write_text(json.dumps({"systems": systems, "challenger": challenger, "lineage": lineage}))
+    doc = summary(overall, lineage, systems=systems, editor_overall=overall - 1)
+    doc["challenger"]["quality"] = metrics["quality"]
+    (d / "summary.json").write_text(json.dumps(doc))
     return d
 
 

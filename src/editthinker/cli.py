@@ -188,12 +188,17 @@ def promote(
     checkpoint: Path = Layout.rl_model,
     eval_dir: Path = Layout.evaluation,
     registry: Annotated[Path | None, typer.Option(help=REGISTRY_HELP)] = None,
+    benchmark_report: Annotated[
+        Path | None, typer.Option(help="public benchmark report (needed when params benchmarks.gate is set)")
+    ] = None,
 ) -> None:
-    """Register the checkpoint; make it champion only if it beats the champion by the margin."""
+    """Register the checkpoint; make it champion only if it beats the editor alone and the champion, paired on
+    the same items (params promote: confidence, margin, format-failure limit)."""
     from editthinker.stages import promote as stage
 
     p = _params(params, set_)
-    _stage("promote", lambda: stage.run(p, checkpoint, eval_dir, registry or Path(p.promote.registry)))
+    reg = registry or Path(p.promote.registry)
+    _stage("promote", lambda: stage.run(p, checkpoint, eval_dir, reg, benchmark_report))
 
 
 # --- `editthinker registry ...`: list, show, compare, promote, rollback, push (local or s3:// registries) -----

@@ -24,8 +24,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "rl": ("world", "editors", "judge", "thinker", "rl"),
     "evaluate": ("world", "editors", "expert", "judge", "thinker", "inference", "evaluate"),
     # the benchmark's identity (world, editors, judge, evaluate) decides whether two evaluations compare;
-    # s3 says where an s3:// registry lives
-    "promote": ("world", "editors", "judge", "evaluate", "promote", "s3"),
+    # s3 says where an s3:// registry lives; benchmarks.gate adds a public benchmark's metric to the rule
+    "promote": ("world", "editors", "judge", "evaluate", "promote", "s3", "benchmarks"),
 }
 STAGES: tuple[str, ...] = tuple(SECTIONS)
 # pipeline steps that are no stage of `editthinker run` (their code lives elsewhere) but receive params the same way

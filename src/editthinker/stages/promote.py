@@ -1,12 +1,15 @@
 """Stage 8, promote: register the challenger checkpoint and make it champion if it beats the champion.
 
-The challenger's metric is read from the evaluate stage's summary.json (`challenger.<primary_metric>`); the
-champion's from the metrics stored when it was registered. The summary must be the evaluation of the checkpoint
+The challenger's outcomes are read from the evaluate stage's summary.json (`per_item`: each benchmark item's
+success and scores, for the challenger and the editor alone); the champion's are stored with it when it is
+registered. The rule is editthinker.promotion's: format failures under `promote.max_format_failure_rate`, and
+beating the editor alone and the champion (with none yet, the editor alone only) paired on the same items, the
+interval's lower end at `promote.confidence` above `promote.margin`; then the public-benchmark gate when
+`benchmarks.gate` names one. The summary must be the evaluation of the checkpoint
 being promoted: its lineage names the content hash (lineage.hash_path) of the checkpoint it scored as the
 challenger (`lineage.inputs.rl_checkpoint`, or the input named by `challenger_input`), and promote (and
-challenge) refuse a checkpoint whose hash differs, or a summary that names none. The challenger is promoted
-when there is no champion, or when it beats the champion by more than `promote.margin`. Both numbers must come
-from the same benchmark (world, editors, judge and evaluate params): a champion scored on another benchmark is
+challenge) refuse a checkpoint whose hash differs, or a summary that names none. Champion and challenger must
+come from the same benchmark (world, editors, judge and evaluate params): a champion scored on another benchmark is
 not compared, and the challenger is registered but not promoted. Every call appends its decision to the registry's log.
 
 The registry is a local directory, or S3 when its location is an `s3://bucket/prefix` URI (registry.py,
@@ -36,6 +39,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from editthinker import promotion as rule
+from editthinker.benchmarks.gate import BenchmarkMetric, benchmark_metric, gate_decision
 from editthinker.config import Params
 from editthinker.lineage import LINEAGE_FILE, code_version, hash_path
 from editthinker.model_card import git_state, params_record, render_card
@@ -46,6 +51,8 @@ BENCHMARK_SECTIONS = ("world", "editors", "judge", "evaluate")
 # The evaluate stage's lineage input whose thinker is the challenger (editor+rl); a summary may name another
 # with a top-level "challenger_input".
 CHALLENGER_INPUT = "rl_checkpoint"
+# the evaluate stage's systems (summary.json per_item) the rule pairs: the challenger and the editor alone
+CHALLENGER_SYSTEM, EDITOR_ALONE = "editor+rl", "editor"
 
 
 class EvaluationMismatch(ValueError):
@@ -139,38 +146,97 @@ class PromotionDecision(NamedTuple):
     champion_metric: float | None
 
 
+def _items(summary: dict[str, Any], system: str, path: Path) -> dict[str, list[Any]]:
+    found = summary.get("per_item", {})
+    items = found.get(system) if isinstance(found, dict) else None
+    if not isinstance(items, dict) or "item" not in items:
+        raise ValueError(
+            f"promote: {path} has no per-item outcomes of {system!r} (per_item.{system}); the promotion rule "
+            "pairs systems item by item. Re-run evaluate to write them"
+        )
+    return items
+
+
 def judge(
     params: Params,
     reg: RegistryBackend,
     champion: str | None,
     challenger_sha256: str,
-    challenger_metric: float,
+    evaluation: Evaluation,
+    gate: BenchmarkMetric | None = None,
 ) -> PromotionDecision:
-    """The promotion rule, for `run` and `challenge` alike: does the challenger beat `champion`?"""
+    """The promotion rule, for `run` and `challenge` alike (editthinker.promotion): format failures under the
+    limit, and beating the editor alone and the champion (none yet: the editor alone only) paired on the same
+    items at promote.confidence by promote.margin; then the benchmark gate, when params set one."""
     cfg = params.promote
-    if champion is None:
-        return PromotionDecision(True, "no champion yet", None)
-    rec = reg.registered(champion)
-    champion_metric = rec.get("metrics", {}).get(cfg.primary_metric)
-    if rec.get("checkpoint_sha256") == challenger_sha256:
-        return PromotionDecision(False, f"{champion} is already the champion", champion_metric)
-    same = rec.get("benchmark_sha256") == params.section_hash(*BENCHMARK_SECTIONS)
-    beats, reason = decide(cfg.primary_metric, cfg.margin, challenger_metric, champion_metric, same)
+    champion_metric = None
+    champion_items = None
+    if champion is not None:
+        rec = reg.registered(champion)
+        champion_metric = rec.get("metrics", {}).get(cfg.primary_metric)
+        if rec.get("checkpoint_sha256") == challenger_sha256:
+            return PromotionDecision(False, f"{champion} is already the champion", champion_metric)
+        if rec.get("benchmark_sha256") != params.section_hash(*BENCHMARK_SECTIONS):
+            reason = (
+                "the champion was scored on another benchmark (world/editors/judge/evaluate params); not comparable"
+            )
+            return PromotionDecision(False, reason, champion_metric)
+        champion_items = rec.get("per_item")
+        if not isinstance(champion_items, dict):
+            reason = f"the champion {champion} has no stored per-item outcomes to pair with; not comparable"
+            return PromotionDecision(False, reason, champion_metric)
+    doc, path = evaluation.document, evaluation.summary
+    checks = rule.decide(
+        _items(doc, CHALLENGER_SYSTEM, path),
+        _items(doc, EDITOR_ALONE, path),
+        champion_items,
+        champion,
+        cfg.primary_metric,
+        cfg.margin,
+        cfg.confidence,
+        cfg.max_format_failure_rate,
+    )
+    beats = all(c.passed for c in checks)
+    reason = "; ".join(c.reason for c in checks)
+    if champion is None and beats:
+        reason = f"no champion yet; {reason}"
+    if beats and gate is not None:
+        stored = reg.registered(champion).get("metrics", {}).get(gate.key) if champion is not None else None
+        beats, why = gate_decision(gate, stored, params.benchmarks.gate.margin if params.benchmarks.gate else 0.0)
+        reason = f"{reason}; benchmark gate: {why}"
     return PromotionDecision(beats, reason, champion_metric)
 
 
-def run(params: Params, checkpoint: Path, eval_dir: Path, registry: str | Path) -> dict[str, Any]:
-    """Register the checkpoint in `registry` (a directory or an s3://bucket/prefix URI); promote it if it wins."""
+def benchmark_gate(params: Params, report: Path | None) -> BenchmarkMetric | None:
+    """The challenger's metric on the public benchmark `benchmarks.gate` names (None when no gate is set)."""
+    g = params.benchmarks.gate
+    if g is None:
+        return None
+    if report is None:
+        raise ValueError(
+            f"promote: benchmarks.gate asks for {g.benchmark} {g.metric}; pass the benchmark report "
+            "(--benchmark-report, the folder `editthinker benchmark report` wrote)"
+        )
+    return benchmark_metric(report, g.benchmark, g.metric, g.editor, system="thinker")
+
+
+def run(
+    params: Params, checkpoint: Path, eval_dir: Path, registry: str | Path, benchmark_report: Path | None = None
+) -> dict[str, Any]:
+    """Register the checkpoint in `registry` (a directory or an s3://bucket/prefix URI); promote it if it wins.
+    Every call, promoted or refused, logs its decision with the reason."""
     cfg = params.promote
     metric = cfg.primary_metric
     evaluation = read_evaluation(eval_dir, metric)
     sha = hash_path(Path(checkpoint))
     check_evaluated(evaluation, Path(checkpoint), sha)
-    metrics = evaluation.metrics
+    gate = benchmark_gate(params, benchmark_report)
+    metrics = {**evaluation.metrics, **({gate.key: gate.value} if gate else {})}
     lineage = _checkpoint_lineage(Path(checkpoint))
     registered = {
         "eval_summary_sha256": hash_path(evaluation.summary),
         "metrics": metrics,
+        "per_item": _items(evaluation.document, CHALLENGER_SYSTEM, evaluation.summary),
         "benchmark_sha256": params.section_hash(*BENCHMARK_SECTIONS),
         **provenance(params, lineage, evaluation.document),
     }
@@ -182,7 +248,7 @@ def run(params: Params, checkpoint: Path, eval_dir: Path, registry: str | Path) 
         seen: dict[str, Any] = {}
 
         def beats(current: str | None) -> bool:  # an S3 registry may ask again after a lost race
-            seen.update(previous=current, outcome=judge(params, reg, current, sha, metrics[metric]))
+            seen.update(previous=current, outcome=judge(params, reg, current, sha, evaluation, gate))
             return bool(seen["outcome"].beats)
 
         reg.update_champion(version, beats)
@@ -252,7 +318,9 @@ def _check_champion(reg: RegistryBackend) -> None:
         reg.registered(CHAMPION)
 
 
-def challenge(params: Params, checkpoint: Path, eval_dir: Path, registry: str | Path) -> dict[str, Any]:
+def challenge(
+    params: Params, checkpoint: Path, eval_dir: Path, registry: str | Path, benchmark_report: Path | None = None
+) -> dict[str, Any]:
     """Would `run` promote this checkpoint now? Reads the registry, writes nothing (a pipeline's gate).
 
     `run` decides again under the registry's lock (or compare-and-swap on S3), so a champion that changed in
@@ -262,9 +330,10 @@ def challenge(params: Params, checkpoint: Path, eval_dir: Path, registry: str | 
     evaluation = read_evaluation(eval_dir, metric)
     sha = hash_path(Path(checkpoint))
     check_evaluated(evaluation, Path(checkpoint), sha)
+    gate = benchmark_gate(params, benchmark_report)
     reg = open_registry(registry, params.s3)
     previous = reg.champion()
-    outcome = judge(params, reg, previous, sha, evaluation.metrics[metric])
+    outcome = judge(params, reg, previous, sha, evaluation, gate)
     return {
         "beats_champion": outcome.beats,
         "reason": outcome.reason,
@@ -288,8 +357,9 @@ def _stamp(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def judge_registered(params: Params, reg: RegistryBackend, champion: str | None, candidate: str) -> PromotionDecision:
-    """The promotion rule between two registered versions: both metrics and benchmarks come from their records
-    (the margin and the metric from params.promote)."""
+    """The promotion rule between two registered versions, from their records: paired on the items both were
+    scored on when both records keep per-item outcomes (the margin, confidence and metric from params.promote),
+    else on the stored means (versions registered before per-item outcomes were kept)."""
     cfg = params.promote
     if champion is None:
         return PromotionDecision(True, "no champion yet", None)
@@ -299,6 +369,12 @@ def judge_registered(params: Params, reg: RegistryBackend, champion: str | None,
     if challenger_metric is None:
         return PromotionDecision(False, f"{candidate} has no stored {cfg.primary_metric}; not comparable", None)
     same = rec.get("benchmark_sha256") is not None and rec.get("benchmark_sha256") == cand.get("benchmark_sha256")
+    mine, theirs = cand.get("per_item"), rec.get("per_item")
+    if same and isinstance(mine, dict) and isinstance(theirs, dict):
+        check = rule.check_beats(
+            mine, theirs, f"the champion {champion}", cfg.primary_metric, cfg.margin, cfg.confidence
+        )
+        return PromotionDecision(check.passed, check.reason, champion_metric)
     beats, reason = decide(cfg.primary_metric, cfg.margin, challenger_metric, champion_metric, same)
     return PromotionDecision(beats, reason, champion_metric)
 
