@@ -322,3 +322,28 @@ def test_a_crashed_lora_run_resumes_from_its_adapter_checkpoint(data, tmp_path, 
     assert (tmp_path / "sft" / "adapter" / "adapter_model.safetensors").read_bytes() == (
         tmp_path / "straight" / "adapter" / "adapter_model.safetensors"
     ).read_bytes()
+
+
+def test_a_resumed_run_continues_its_dvclive_curves_without_repeating_steps(data, tmp_path, monkeypatch):
+    pytest.importorskip("dvclive")
+    from editthinker.stages import sft
+    from editthinker.training import TRAINING_LOGS_ENV
+
+    params = _params(sft={**SFT, "max_steps": 5, "save_steps": 2})
+    monkeypatch.setenv(TRAINING_LOGS_ENV, str(tmp_path / "straight-logs"))
+    sft.run(params, data / "sft", tmp_path / "straight")
+    monkeypatch.setenv(TRAINING_LOGS_ENV, str(tmp_path / "logs"))
+    monkeypatch.setattr(sft, "LogHistory", lambda desc: _crash_at(4))  # dies at step 4 before logging or saving it
+    with pytest.raises(Crash):
+        sft.run(params, data / "sft", tmp_path / "sft")
+    monkeypatch.setattr(sft, "LogHistory", lambda desc: _crash_at(-1))  # never: the rerun resumes from step 2
+    assert sft.run(params, data / "sft", tmp_path / "sft")["resumed_from_step"] == 2
+
+    def curve(root: Path) -> list[tuple[str, str]]:
+        header, *rows = (root / "sft" / "plots" / "metrics" / "loss.tsv").read_text().splitlines()
+        cols = header.split("\t")
+        return [(r.split("\t")[cols.index("step")], r.split("\t")[cols.index("loss")]) for r in rows]
+
+    straight, resumed = curve(tmp_path / "straight-logs"), curve(tmp_path / "logs")
+    assert [s for s, _ in straight] == ["0", "1", "2", "3", "4"]
+    assert resumed == straight

@@ -263,10 +263,23 @@ def dvclive_callback(log_dir: Path, start_step: int = 0) -> TrainerCallback | No
     from dvclive import Live
     from transformers.integrations import DVCLiveCallback
 
+    if start_step:
+        _drop_curve_rows(log_dir, start_step)
     live = Live(dir=str(log_dir), dvcyaml=False, save_dvc_exp=False, report=None, resume=start_step > 0)
     if start_step:
         live.step = start_step  # DVCLive's step is the Trainer's global step - 1
     return DVCLiveCallback(live=live)
+
+
+def _drop_curve_rows(log_dir: Path, start_step: int) -> None:
+    """Forget the curve rows a killed run logged after the checkpoint a resume starts from (DVCLive steps
+    >= start_step), so the resumed run logs them once."""
+    for tsv in Path(log_dir).rglob("*.tsv"):
+        header, *rows = tsv.read_text().splitlines()
+        col = header.split("\t").index("step") if "step" in header.split("\t") else None
+        if col is not None:
+            kept = [r for r in rows if int(r.split("\t")[col]) < start_step]
+            tsv.write_text("\n".join([header, *kept]) + "\n")
 
 
 def train_timed(trainer: Any, resume_from: Path | None, stage: str | None = None) -> tuple[Any, dict[str, Any]]:
