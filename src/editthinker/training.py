@@ -4,6 +4,8 @@ one progress bar and the logged history, and an atomic checkpoint with its linea
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from transformers.trainer_callback import PrinterCallback
 from editthinker.config import Params
 from editthinker.lineage import LINEAGE_FILE, make_lineage
 from editthinker.models.vlm import checkpoint_id, save_thinker, thinker_messages
-from editthinker.storage import atomic_dir, write_json
+from editthinker.storage import atomic_dir, write_json, writer_lock
 
 METRICS_FILE = "metrics.json"
 
@@ -90,6 +92,14 @@ def train_timed(trainer: Any) -> tuple[Any, dict[str, Any]]:
 
 def series(logs: list[dict[str, float]], key: str) -> list[float]:
     return [float(r[key]) for r in logs if key in r]
+
+
+@contextmanager
+def output_lock(out_dir: Path) -> Iterator[None]:
+    """The writer lock of a training stage's output, held by the process that writes it (the main one under
+    `accelerate launch`) from the start of training: a second run of the same output fails at once."""
+    with writer_lock(Path(out_dir)) if PartialState().is_main_process else nullcontext():
+        yield
 
 
 def save_checkpoint(out_dir: Path, model, processor, stage: str, params: Params, sections: tuple[str, ...],
