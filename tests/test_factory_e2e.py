@@ -108,6 +108,15 @@ def test_validation_failure_stops_before_training_and_keeps_the_data(tmp_path):
     images[0] = b"not a png"
     broken = table.set_column(table.schema.get_field_index("image_png"), "image_png", [images])
     pq.write_table(broken, shard)
+    # as a faulty stage would have written it: the manifest lists the broken shard (a shard changed after it was
+    # written is refused by every reader, validate included: tests/test_verified_reads.py)
+    from editthinker.records import dataset_hash
+    from editthinker.storage import sha256_file, write_json
+
+    manifest = read_manifest(tmp_path / "data/trajectories")
+    manifest["files"][shard.name] = sha256_file(shard)
+    manifest["dataset_sha256"] = dataset_hash(manifest["files"])
+    write_json(tmp_path / "data/trajectories/manifest.json", manifest)
     before = shard.read_bytes()
     done = cli("validate", "--params", "params.yaml", cwd=tmp_path)
     assert done.returncode == 1

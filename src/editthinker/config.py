@@ -1,6 +1,9 @@
 """Typed configuration: one pydantic model that mirrors params.yaml, validated once at start-up.
 
-Unknown keys are errors (extra="forbid"), and every error names the offending key path.
+Unknown keys are errors (extra="forbid"), and every error names the offending key path. Types are strict
+(pydantic strict mode): a bool is not a count, 3.0 or "3" is not an integer (an integer is a number, though);
+constraints across fields (rl.batch_size and num_generations, the thinker's width and heads) are checked here
+too, so a bad params file fails at load, before any stage spends time. An empty params file is an error.
 Secrets never live here: API keys and credentials come from the environment.
 """
 
@@ -20,7 +23,7 @@ from editthinker.world.tasks import STYLES
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class WorldConfig(_Strict):
@@ -202,6 +205,17 @@ class ThinkerModelConfig(_Strict):
     vision_hidden_size: int = Field(64, ge=16)  # the ViT's width (its output is projected to hidden_size)
     vision_layers: int = Field(1, ge=1)
 
+    @model_validator(mode="after")
+    def _sizes(self) -> ThinkerModelConfig:
+        if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 2:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be a multiple of 2 * num_heads ({self.num_heads}): "
+                "every head gets an even width (rotary embeddings)"
+            )
+        if self.vision_hidden_size % 4:
+            raise ValueError(f"vision_hidden_size ({self.vision_hidden_size}) must be a multiple of 4 (2 heads, even)")
+        return self
+
 
 class InferenceConfig(_Strict):
     """How a trained or released thinker runs at inference (evaluate, edit). No training stage reads this
@@ -259,6 +273,15 @@ class RLParams(_Strict):
     seed: int = 13
     torch_threads: int = Field(1, ge=0)  # CPU threads for torch (0: torch's default)
 
+    @model_validator(mode="after")
+    def _whole_groups(self) -> RLParams:
+        if self.batch_size % self.num_generations:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of num_generations ({self.num_generations}): "
+                "a step takes whole groups of completions"
+            )
+        return self
+
 
 class EvaluateConfig(_Strict):
     seed: int = 990_001  # no training data uses this world seed
@@ -278,6 +301,13 @@ class PromoteConfig(_Strict):
     margin: float = Field(0.0, ge=0)
     confidence: float = Field(0.95, gt=0, lt=1)
     max_format_failure_rate: float = Field(0.05, ge=0, le=1)  # share of the thinker's answers that do not parse
+
+    @field_validator("registry")
+    @classmethod
+    def _registry_named(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError('must name a directory or an s3:// URI ("" would make the current directory the registry)')
+        return v
 
 
 BENCHMARK_NAMES = ("gedit", "imgedit", "risebench", "kris")
@@ -526,7 +556,9 @@ def _format_errors(exc: ValidationError) -> str:
         if len(loc) > 2 and loc[0] == "editors" and loc[2] in EDITOR_KINDS:
             del loc[2]  # the editor kind's tag, not a key
         key = ".".join(loc) or "<root>"
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        if err["type"].endswith("_type"):  # a strict-type error: say what was given
+            msg += f" (got {err['input']!r})"
         lines.append(f"  {key}: {msg}")
     return "\n".join(lines)
 
@@ -538,14 +570,34 @@ def parse_params(data: dict[str, Any] | None, source: str = "params") -> Params:
         raise ConfigError(f"invalid {source}:\n{_format_errors(exc)}") from None
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 floats: PyYAML (YAML 1.1) reads 1e-4 or 1.0e6 as strings, which strict types would refuse."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
 def load_params(path: str | Path) -> Params:
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.load(p.read_text(), Loader=_Loader)  # noqa: S506 (a SafeLoader)
     except FileNotFoundError:
         raise ConfigError(f"params file not found: {p}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p} is not valid YAML: {exc}") from None
-    if data is not None and not isinstance(data, dict):
+    if not data:
+        raise ConfigError(f"{p} is empty: a params file names at least one section (all defaults: `world: {{}}`)")
+    if not isinstance(data, dict):
         raise ConfigError(f"{p}: the top level must be a mapping")
     return parse_params(data, str(p))

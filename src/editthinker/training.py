@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from transformers.trainer_callback import PrinterCallback
 from editthinker.config import Params
 from editthinker.lineage import LINEAGE_FILE, make_lineage
 from editthinker.models.vlm import checkpoint_id, save_thinker, thinker_messages
-from editthinker.storage import atomic_dir, write_json
+from editthinker.storage import atomic_dir, write_json, writer_lock
 
 METRICS_FILE = "metrics.json"
 # A folder: when set, a training stage logs its curves with DVCLive under <folder>/<stage> (dvc.yaml sets it to
@@ -120,6 +122,14 @@ def train_timed(trainer: Any, stage: str | None = None) -> tuple[Any, dict[str, 
 
 def series(logs: list[dict[str, float]], key: str) -> list[float]:
     return [float(r[key]) for r in logs if key in r]
+
+
+@contextmanager
+def output_lock(out_dir: Path) -> Iterator[None]:
+    """The writer lock of a training stage's output, held by the process that writes it (the main one under
+    `accelerate launch`) from the start of training: a second run of the same output fails at once."""
+    with writer_lock(Path(out_dir)) if PartialState().is_main_process else nullcontext():
+        yield
 
 
 def save_checkpoint(out_dir: Path, model, processor, stage: str, params: Params, sections: tuple[str, ...],

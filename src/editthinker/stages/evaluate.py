@@ -15,12 +15,12 @@ from scipy.stats import binomtest
 
 from editthinker.backends.factory import build_editors, build_expert, build_judge, load_vlm_thinker
 from editthinker.config import Params
-from editthinker.lineage import make_lineage
+from editthinker.lineage import make_lineage, verify_checkpoint
 from editthinker.loop import Episode, EpisodeStart, run_episodes
 from editthinker.roles import Thinker
 from editthinker.stages import sections_of
 from editthinker.stats import compare
-from editthinker.storage import atomic_dir, write_json
+from editthinker.storage import atomic_dir, write_json, writer_lock
 from editthinker.usage import api_usage
 from editthinker.world.scene import render_png
 from editthinker.world.tasks import make_tasks
@@ -163,6 +163,14 @@ def plot_by_turn(curves: dict[str, list[float]], path: Path) -> None:
 
 
 def run(params: Params, sft_checkpoint: Path, rl_checkpoint: Path, out_dir: Path) -> dict[str, Any]:
+    """Both checkpoints are verified against their checksums before they are loaded."""
+    with writer_lock(out_dir):
+        verify_checkpoint(Path(sft_checkpoint))
+        verify_checkpoint(Path(rl_checkpoint))
+        return _run(params, sft_checkpoint, rl_checkpoint, out_dir)
+
+
+def _run(params: Params, sft_checkpoint: Path, rl_checkpoint: Path, out_dir: Path) -> dict[str, Any]:
     ev = params.evaluate
     editors = build_editors(params)
     judge = build_judge(params.judge)

@@ -15,11 +15,20 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from editthinker.config import Params
+from editthinker.lineage import verify_checkpoint
 from editthinker.models.vlm import load_thinker
 from editthinker.records import iter_rows
 from editthinker.rewards import REWARDS, make_context, trl_reward_func, weights_of
 from editthinker.stages import sections_of
-from editthinker.training import LogHistory, run_settings, save_checkpoint, series, thinker_dataset, train_timed
+from editthinker.training import (
+    LogHistory,
+    output_lock,
+    run_settings,
+    save_checkpoint,
+    series,
+    thinker_dataset,
+    train_timed,
+)
 
 # the step-sample columns the rewards read (they reach the reward functions as keyword arguments)
 REWARD_COLUMNS = ("editor", "seed", "source_png", "original_instruction", "previous_instruction", "target_scene",
@@ -27,6 +36,12 @@ REWARD_COLUMNS = ("editor", "seed", "source_png", "original_instruction", "previ
 
 
 def run(params: Params, rl_data: Path, sft_checkpoint: Path, out_dir: Path) -> dict[str, Any]:
+    with output_lock(out_dir):
+        verify_checkpoint(Path(sft_checkpoint))  # before the samples are read: fail early
+        return _run(params, rl_data, sft_checkpoint, out_dir)
+
+
+def _run(params: Params, rl_data: Path, sft_checkpoint: Path, out_dir: Path) -> dict[str, Any]:
     cfg = params.rl
     if cfg.batch_size % cfg.num_generations:
         raise ValueError(f"rl.batch_size ({cfg.batch_size}) must be a multiple of rl.num_generations")

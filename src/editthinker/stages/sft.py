@@ -17,10 +17,23 @@ from editthinker.config import Params
 from editthinker.models.tiny_vlm import build_tiny_thinker
 from editthinker.records import iter_rows
 from editthinker.stages import sections_of
-from editthinker.training import LogHistory, run_settings, save_checkpoint, series, thinker_dataset, train_timed
+from editthinker.training import (
+    LogHistory,
+    output_lock,
+    run_settings,
+    save_checkpoint,
+    series,
+    thinker_dataset,
+    train_timed,
+)
 
 
 def run(params: Params, sft_data: Path, out_dir: Path) -> dict[str, Any]:
+    with output_lock(out_dir):
+        return _run(params, sft_data, out_dir)
+
+
+def _run(params: Params, sft_data: Path, out_dir: Path) -> dict[str, Any]:
     cfg = params.sft
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
