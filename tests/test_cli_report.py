@@ -429,6 +429,8 @@ def test_report_shows_the_evaluation_and_survives_an_unreadable_part(
                 f"<td>{editor}</td><td>{m['n']}</td><td>{100 * m['success_rate']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
             )
             assert cells in evaluation, (system, editor)
+    for name, c in summary.get("paired", {}).items():  # the paired comparisons, where evaluate writes them
+        assert f"<td>{name}</td><td>{100 * c['success_rate']['mean']:+.1f} [" in evaluation
     plot = png_uri((src.evaluation / "score_by_turn.png").read_bytes(), max_px=2000)
     assert plot and f'src="{plot}"' in evaluation
     assert evaluation.count("<svg") == 1  # success rates with their intervals

@@ -670,6 +670,21 @@ def section_evaluation(run: Run) -> str:
             f"<p>The RL thinker (the challenger) over the editor alone: success "
             f"{100 * lift.get('success_rate', 0):+.1f} points, overall {lift.get('overall', 0):+.2f}.</p>"
         )
+    paired = summary.get("paired") or {}
+    if paired:
+        rows = []
+        for name, c in paired.items():
+            s, o = c["success_rate"], c["overall"]
+            rows.append(
+                [
+                    name,
+                    f"{100 * s['mean']:+.1f} [{100 * s['low']:+.1f}, {100 * s['high']:+.1f}]",
+                    f"{o['mean']:+.2f} [{o['low']:+.2f}, {o['high']:+.2f}]",
+                    f"{c['mcnemar']['p_value']:.3g}",
+                ]
+            )
+        out += "<h3>Paired on the same items (b - a): 95% bootstrap intervals, McNemar p on success</h3>"
+        out += html_table(["b - a", "success points [95% CI]", "overall [95% CI]", "McNemar p"], rows, "narrow")
     bars = [
         (s, systems[s]["all"]["success_rate"], *systems[s]["all"]["success_ci95"]) for s in order if "all" in systems[s]
     ]
