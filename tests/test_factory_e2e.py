@@ -53,6 +53,12 @@ def test_whole_factory_runs_and_reports(tmp_path):
         "promote",
     ]
     assert all(s["peak_rss_mib"] > 0 for s in stats["stages"])
+    log = " ".join(done.stderr.split())
+    for stage in stats["stages"]:  # every stage says what it did, not `{}`
+        assert f"{stage['stage']} done: " in log and f"{stage['stage']} done: {{}}" not in log
+    report = (tmp_path / "reports/run.html").read_text()
+    assert "not run" not in report and "could not read" not in report  # every part of the run is in it
+    assert "reports: reports/run.html" in done.stdout
 
     summary = json.loads((tmp_path / "reports/eval/summary.json").read_text())
     assert set(summary["systems"]) == {"editor", "editor+expert", "editor+sft", "editor+rl"}

@@ -12,6 +12,7 @@ from statistics import fmean
 from typing import Any
 
 from scipy.stats import binomtest
+from tqdm import tqdm
 
 from editthinker.backends.factory import build_editors, build_expert, build_judge, load_vlm_thinker
 from editthinker.config import Params
@@ -189,18 +190,29 @@ def _run(params: Params, sft_checkpoint: Path, rl_checkpoint: Path, out_dir: Pat
     systems: dict[str, dict[str, dict[str, Any]]] = {}
     curves: dict[str, list[float]] = {}
     items: dict[str, dict[str, list[Any]]] = {}
+    # one bar over every (system, editor) episode; the episodes of a pair run in lockstep (so the thinker
+    # batches exactly as without a bar), and the bar's label follows the pair and the turn being played
+    bar = tqdm(total=len(thinkers) * len(editors) * len(starts), desc="evaluate", unit="episode", disable=None)
     for system, thinker in thinkers.items():
         everything: list[Episode] = []
         systems[system] = {}
         items[system] = {}
         for name, editor in editors.items():
-            episodes = run_episodes(starts, editor, thinker, judge, ev.max_turns)
+            bar.set_postfix_str(f"{system} / {name}, turn 1")
+
+            def on_turn(turn: int, system: str = system, name: str = name) -> None:
+                bar.set_postfix_str(f"{system} / {name}, turn {turn}")
+
+            watch = on_turn if thinker is not None else None  # the editor alone plays one turn
+            episodes = run_episodes(starts, editor, thinker, judge, ev.max_turns, watch)
+            bar.update(len(starts))
             systems[system][name] = summarise(episodes, params)
             everything += episodes
             for key, values in per_item(episodes, name, params).items():
                 items[system].setdefault(key, []).extend(values)
         systems[system]["all"] = summarise(everything, params)
         curves[system] = score_by_turn(everything, ev.max_turns)
+    bar.close()
     models = {f"editor:{n}": e.model_id for n, e in editors.items()}
     models.update({s: t.model_id for s, t in thinkers.items() if t is not None}, judge=judge.model_id)
     inputs = {"sft_checkpoint": sft_checkpoint, "rl_checkpoint": rl_checkpoint}

@@ -104,7 +104,7 @@ def _run(params: Params, filtered: Path, sft_dir: Path, rl_dir: Path) -> dict[st
         parts["rl" if samples[0]["trajectory_id"] in rl_ids else "sft"].extend(samples)
     models = read_manifest(filtered)["lineage"]["models"]
     lineage = make_lineage("split", params, SECTIONS, {"filtered": filtered}, models)
-    result = {}
+    result: dict[str, Any] = {"trajectories": len(trajectories), "rl_trajectories": len(rl_ids)}
     for name, out in (("sft", sft_dir), ("rl", rl_dir)):
         rows = [{**s, "split": name} for s in balance(parts[name], cfg.balance_max_group_ratio, cfg.seed)]
         extra = {"lineage": lineage, "unbalanced_rows": len(parts[name])}
