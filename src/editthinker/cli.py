@@ -48,6 +48,7 @@ class Layout:
     sft_model = Path("models/sft")
     rl_model = Path("models/rl")
     evaluation = Path("reports/eval")
+    training_logs = Path("reports/training")  # DVCLive curves, per training stage
     registry = Path("registry")
     run_stats = Path("reports/run_stats.json")
     report = Path("reports/run.html")
@@ -475,9 +476,12 @@ def _print_plan(
 
 
 def _run_stage_process(stage: str, params: Path) -> tuple[float, float, int]:
-    """Run one stage as its own process; (wall seconds, peak RSS in MiB, exit code)."""
+    """Run one stage as its own process; (wall seconds, peak RSS in MiB, exit code). Training curves go where
+    dvc.yaml puts them (reports/training/<stage>), so `dvc repro` after a run finds every output."""
+    var = "EDITTHINKER_TRAINING_LOGS"  # = training.TRAINING_LOGS_ENV (not imported here: it loads torch)
+    env = {**os.environ, var: os.environ.get(var, str(Layout.training_logs))}
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "editthinker.cli", stage, "--params", str(params)])
+    proc = subprocess.Popen([sys.executable, "-m", "editthinker.cli", stage, "--params", str(params)], env=env)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     return time.perf_counter() - t0, usage.ru_maxrss / 1024, proc.returncode
