@@ -70,6 +70,28 @@ def paired(items: dict[str, dict[str, list[Any]]], confidence: float) -> dict[st
     return out
 
 
+def critique_accuracy(episodes: list[Episode], params: Params) -> dict[str, float | None]:
+    """How the thinker reads the edits it critiques (the judge's score of the same image is the truth):
+    `satisfied_on_failed` = share of failed edits it called satisfied (it must look at the image to know),
+    `rewrote_on_success` = share of successful edits it rewrote anyway. None where there was no such edit."""
+    ev = params.evaluate
+    failed = satisfied_failed = succeeded = rewrote_succeeded = 0
+    for e in episodes:
+        for t in e.turns:
+            v, sc = t.critique, t.score
+            if v is None or sc is None or not v.format_ok:
+                continue
+            ok = sc.semantic >= ev.success_semantic and sc.quality >= ev.success_quality
+            failed += not ok
+            satisfied_failed += (not ok) and bool(v.satisfied)
+            succeeded += ok
+            rewrote_succeeded += ok and not v.satisfied
+    return {
+        "satisfied_on_failed": satisfied_failed / failed if failed else None,
+        "rewrote_on_success": rewrote_succeeded / succeeded if succeeded else None,
+    }
+
+
 def summarise(episodes: list[Episode], params: Params) -> dict[str, Any]:
     n = len(episodes)
     k = sum(success(e, params) for e in episodes)
@@ -87,6 +109,7 @@ def summarise(episodes: list[Episode], params: Params) -> dict[str, Any]:
         "turns": fmean(len(e.turns) for e in episodes),
         "format_failures": failures,
         "format_failure_rate": failures / critiques if critiques else 0.0,
+        **critique_accuracy(episodes, params),
     }
 
 
@@ -104,16 +127,18 @@ def score_by_turn(episodes: list[Episode], max_turns: int) -> list[float]:
 
 def markdown_table(systems: dict[str, dict[str, dict[str, Any]]]) -> str:
     lines = [
-        "| system | editor | success % [95% CI] | semantic | quality | overall | turns | format failures |",
-        "|---|---|---|---|---|---|---|---|",
+        "| system | editor | success % [95% CI] | semantic | quality | overall | turns | format failures "
+        "| failed edits called satisfied % |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for system, by_editor in systems.items():
         for editor, m in by_editor.items():
             lo, hi = m["success_ci95"]
+            blind = m.get("satisfied_on_failed")
             lines.append(
                 f"| {system} | {editor} | {100 * m['success_rate']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] "
                 f"| {m['semantic']:.2f} | {m['quality']:.2f} | {m['overall']:.2f} | {m['turns']:.2f} "
-                f"| {m['format_failures']} |"
+                f"| {m['format_failures']} | {'-' if blind is None else f'{100 * blind:.1f}'} |"
             )
     return "\n".join(lines) + "\n"
 
