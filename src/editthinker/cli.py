@@ -143,6 +143,15 @@ def generate(
     _stage("generate", lambda: stage.run(p, out), [out])
 
 
+@app.command()
+def prepare(params: ParamsOpt = DEFAULT_PARAMS, out: Path = Path("data/prepared")) -> None:
+    """Prepare the declared sources (params sources:) into tasks, an image store and a quarantine report."""
+    from editthinker import prepare as prep
+
+    p = _params(params)
+    _stage("prepare", lambda: prep.run(p, out))
+
+
 @app.command("filter")
 def filter_(
     params: ParamsOpt = DEFAULT_PARAMS,

@@ -383,6 +383,61 @@ class S3Config(_Strict):
         return v.strip("/")
 
 
+SOURCE_KINDS = ("synthetic", "jsonl", "csv", "imagefolder", "parquet", "arrow", "hf")
+
+
+class SourceColumns(_Strict):
+    """Which of a source's columns hold what: the image (a path, local or s3://, or bytes), the instruction, and
+    optionally the row's own id and task type."""
+
+    image: str = "image"
+    instruction: str = "instruction"
+    id: str | None = None
+    task_type: str | None = None
+
+
+class SourceConfig(_Strict):
+    """One user-declared source of editing tasks (editthinker.sources). `path`: a folder, a file, an s3:// URI,
+    or (kind hf) a Hugging Face dataset id with a pinned `revision`, or a `save_to_disk` folder."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    kind: Literal["synthetic", "jsonl", "csv", "imagefolder", "parquet", "arrow", "hf"]
+    path: str = ""
+    revision: str | None = None  # hf: the pinned revision (commit sha or tag) of a hub dataset
+    split: str = "train"  # hf: the split to read
+    image_root: str = ""  # jsonl/csv: the folder (or s3:// prefix) relative image paths start from; "": the file's
+    columns: SourceColumns = SourceColumns()
+    limit: int | None = Field(None, ge=1)  # at most this many tasks (a seeded, order-independent choice)
+    weight: float = Field(1.0, gt=0)  # share of prepare.num_tasks when several sources are mixed
+    seed: int = 1234  # synthetic: the world seed
+    num_tasks: int = Field(2000, ge=1)  # synthetic: how many world tasks
+
+    @model_validator(mode="after")
+    def _where(self) -> SourceConfig:
+        if self.kind != "synthetic" and not self.path:
+            raise ValueError(f"kind {self.kind} needs a path")
+        if self.kind == "synthetic" and self.path:
+            raise ValueError("kind synthetic reads no path (it renders the world)")
+        return self
+
+
+def _default_sources() -> list[SourceConfig]:
+    return [SourceConfig(name="world", kind="synthetic")]
+
+
+class PrepareConfig(_Strict):
+    """How `editthinker prepare` normalises source images: RGB, at most `max_pixels` (aspect kept), sides
+    rounded down to a multiple of `size_multiple`; smaller than `min_side` is quarantined."""
+
+    max_pixels: int = Field(1024 * 1024, ge=64)
+    min_side: int = Field(16, ge=1)
+    size_multiple: int = Field(16, ge=1)
+    num_tasks: int | None = Field(None, ge=1)  # mix the sources by weight to this many tasks; None: all of them
+    seed: int = 0  # the seeded choice of limits and mixing
+    rows_per_shard: int = Field(1000, ge=1)
+    images_per_shard: int = Field(256, ge=1)
+
+
 PIPELINE_STEPS = ("generate", "gather", "filter", "split", "validate", "sft", "rl", "evaluate", "challenge", "promote")
 _K8S_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 
@@ -520,6 +575,8 @@ class Params(_Strict):
     benchmarks: BenchmarksConfig = BenchmarksConfig()
     kubernetes: KubernetesConfig = KubernetesConfig()
     s3: S3Config = S3Config()
+    sources: list[SourceConfig] = Field(default_factory=lambda: _default_sources())
+    prepare: PrepareConfig = PrepareConfig()
 
     @model_validator(mode="after")
     def _check(self) -> Params:
@@ -534,6 +591,9 @@ class Params(_Strict):
         gate = self.benchmarks.gate
         if gate is not None and gate.editor and gate.editor not in names:
             raise ValueError(f"benchmarks.gate.editor: {gate.editor!r} is not in editors {names}")
+        source_names = [s.name for s in self.sources]
+        if len(set(source_names)) != len(source_names):
+            raise ValueError(f"sources: names must be unique, got {source_names}")
         if self.evaluate.seed == self.generate.seed:
             raise ValueError("evaluate.seed must differ from generate.seed (the benchmark is held out)")
         return self
