@@ -39,5 +39,5 @@ pipeline: $(STAMP)  ## compile the KFP pipelines to YAML
 images:  ## container images (docker/build.sh): IMAGES=cpu|cuda, BASE_IMAGE=..., ENGINE=docker|podman
 	IMAGES="$(or $(IMAGES),cpu cuda)" bash docker/build.sh
 
-clean:
-	rm -rf data models reports registry build .dvc/tmp
+clean:  ## generated data, checkpoints and registry (reports/ is tracked by git: `git checkout reports` restores it)
+	rm -rf data models registry build .dvc/tmp reports/run_stats.json reports/run.html

@@ -36,7 +36,7 @@ EXPERT = Answer('{{"is_satisfied": true, "reason": "looks right", "new_rewritten
 JUDGE = Answer('{{"score": [8, 7], "reasoning": "fine"}}')
 def respond(body):
     return EXPERT if body["messages"][0]["role"] == "system" else JUDGE
-with StubOpenAIServer(responder=respond, delay_s={delay}) as srv:
+with StubOpenAIServer(respond=respond, delay_s={delay}) as srv:
     print(srv.base_url, flush=True)
     time.sleep(900)
 """

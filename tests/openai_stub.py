@@ -5,14 +5,18 @@ Each POST /v1/chat/completions takes the next action of `script` (then `default`
 - Status(code, headers, body): an error reply (500, 429 with Retry-After, ...);
 - Hang(seconds): sleeps (bounded) before answering nothing, so the client times out;
 - Raw(body): a 200 whose body is `body` as is (e.g. not JSON).
-`responder(body)`, when given, chooses the action from the request body instead (answers that depend on what was
-asked, whatever the order of concurrent calls). `delay_s` is added before every reply (latency for the bench).
-Every request body and Authorization header is recorded, so tests can count calls and check what was sent.
+`respond(body)`, when given, picks the action of every request the script does not (answers that depend on the
+request). Seeded fault injection: with `fault_rate` > 0, a request is answered with `fault` instead, with that
+probability, decided by a hash of (`fault_seed`, the request body, how often this body was seen), so the faults
+do not depend on the order in which concurrent requests arrive; `faults_injected` counts them.
+`delay_s` is added before every reply (latency for the bench). Every request body and Authorization header is
+recorded, so tests can count calls and check what was sent.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import threading
 import time
@@ -59,12 +63,20 @@ class StubOpenAIServer:
         script: list[Action] | None = None,
         default: Action | None = None,
         delay_s: float = 0.0,
-        responder: Callable[[dict[str, Any]], Action] | None = None,
+        respond: Callable[[dict[str, Any]], Action] | None = None,
+        fault_rate: float = 0.0,
+        fault_seed: int = 0,
+        fault: Action | None = None,
     ):
         self.script = list(script or [])
-        self.responder = responder
         self.default = default or Answer('{"is_satisfied": true, "reason": "ok", "new_rewritten_prompt": "x"}')
         self.delay_s = delay_s
+        self.respond = respond
+        self.fault_rate = fault_rate
+        self.fault_seed = fault_seed
+        self.fault = fault or Status(503, {"retry-after-ms": "1"})  # the SDK retries it after 1 ms
+        self.faults_injected = 0
+        self._seen: dict[str, int] = {}
         self.requests: list[dict[str, Any]] = []
         self.auth_headers: list[str] = []
         self._lock = threading.Lock()
@@ -94,9 +106,7 @@ class StubOpenAIServer:
                 with stub._lock:
                     stub.requests.append(body)
                     stub.auth_headers.append(self.headers.get("Authorization", ""))
-                    action = stub.script.pop(0) if stub.script else stub.default
-                if stub.responder is not None:
-                    action = stub.responder(body)
+                    action = stub._action(body)
                 if stub.delay_s:
                     time.sleep(stub.delay_s)
                 if isinstance(action, Hang):
@@ -123,6 +133,19 @@ class StubOpenAIServer:
         self.httpd.shutdown()
         self.httpd.server_close()
         self._thread.join(timeout=5)
+
+    def _action(self, body: dict[str, Any]) -> Action:
+        """The reply to one request (call holding the lock)."""
+        if self.fault_rate > 0:
+            key = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+            n = self._seen[key] = self._seen.get(key, 0) + 1
+            draw = hashlib.sha256(f"{self.fault_seed}:{key}:{n}".encode()).digest()
+            if int.from_bytes(draw[:8], "big") / 2**64 < self.fault_rate:
+                self.faults_injected += 1
+                return self.fault
+        if self.script:
+            return self.script.pop(0)
+        return self.respond(body) if self.respond is not None else self.default
 
     @property
     def calls(self) -> int:

@@ -48,7 +48,7 @@ def _cli(*args: str) -> str:
 def test_run_score_report_with_the_synthetic_painter_and_an_api_expert(tmp_path):
     tasks = write_world_gedit(tmp_path / "gedit")
     out, common = tmp_path / "runs", ["--benchmark", "gedit", "--data", str(tmp_path / "gedit"), "--editor", "painter"]
-    with StubOpenAIServer(responder=_expert_or_judge) as srv:
+    with StubOpenAIServer(respond=_expert_or_judge) as srv:
         params = str(_params(tmp_path, srv.base_url))
         _cli("benchmark", "run", *common, "--out", str(out), "--score", "--params", params)
         _cli("benchmark", "run", *common, "--system", "expert", "--max-turns", "2,3", "--out", str(out),
@@ -87,7 +87,7 @@ def test_run_with_a_trained_thinker_checkpoint(tmp_path):
     write_world_gedit(tmp_path / "gedit", n=2)
     model, processor = build_tiny_thinker(ThinkerModelConfig(hidden_size=64, num_heads=4, max_new_tokens=12), seed=1)
     save_thinker(model, processor, tmp_path / "rl", MODEL_KIND)
-    with StubOpenAIServer(responder=_expert_or_judge) as srv:
+    with StubOpenAIServer(respond=_expert_or_judge) as srv:
         params = str(_params(tmp_path, srv.base_url))
         _cli("benchmark", "run", "--benchmark", "gedit", "--data", str(tmp_path / "gedit"), "--editor", "painter",
              "--system", f"thinker:{tmp_path / 'rl'}", "--max-turns", "2", "--out", str(tmp_path / "runs"),
@@ -149,7 +149,7 @@ def test_benchmark_component_runs_under_kfp_local(tmp_path, monkeypatch):
     write_world_gedit(tmp_path / "gedit", n=2)
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "config.json").write_text("{}")  # not used: systems [editor] only
-    with StubOpenAIServer(responder=_expert_or_judge) as srv:
+    with StubOpenAIServer(respond=_expert_or_judge) as srv:
         from editthinker.config import load_params
 
         extra = f"  systems: [editor]\n  gedit: {{data: '{tmp_path / 'gedit'}'}}\n"
@@ -176,7 +176,7 @@ def test_pipeline_step_runs_scores_and_reports_one_benchmark(tmp_path):
     from editthinker.config import load_params
 
     write_world_gedit(tmp_path / "gedit", n=3)
-    with StubOpenAIServer(responder=_expert_or_judge) as srv:
+    with StubOpenAIServer(respond=_expert_or_judge) as srv:
         p = load_params(_params(tmp_path, srv.base_url, f"  gedit: {{data: '{tmp_path / 'gedit'}'}}\n"))
         out = run_step(p, "gedit", None, tmp_path / "step")  # no checkpoint: the editor alone and the expert
     assert {k for k in out["metrics"] if not k.endswith(("_ci_low", "_ci_high"))} == {

@@ -115,7 +115,7 @@ CALLS = {"gedit": 4 * 2, "imgedit": 4, "risebench": 3 * 3 + 2 * 2, "kris": 5 * 3
 @pytest.mark.parametrize("bench", sorted(EXPECTED))
 def test_scores_match_hand_computed_values(tmp_path, bench):
     run_dir = _edited_run(tmp_path, bench)
-    with StubOpenAIServer(responder=scripted_judge(bench)) as srv:
+    with StubOpenAIServer(respond=scripted_judge(bench)) as srv:
         result = scoring.score_run(_params(tmp_path, srv.base_url), run_dir)
         assert srv.calls == CALLS[bench]
         assert {b.get("model") for b in srv.requests} == {get_benchmark(bench).default_judge}
@@ -168,7 +168,7 @@ def test_failed_and_garbage_judge_answers_are_reported_missing_never_guessed(tmp
             return Answer("The image looks natural, I would say 8 out of 10.")
         return good(body)
 
-    with StubOpenAIServer(responder=judge) as srv:
+    with StubOpenAIServer(respond=judge) as srv:
         result = scoring.score_run(_params(tmp_path, srv.base_url, max_retries=1, format_retries=2), run_dir)
         asked = [identify("gedit", b) for b in srv.requests]
     assert asked.count(("k2", "sc")) == 2  # retried once by the client, then given up
@@ -196,7 +196,7 @@ def test_rescoring_and_resuming_repeat_no_judge_call(tmp_path):
             down = state["answered"] > state["down_after"]
         return Status(503) if down else good(body)
 
-    with StubOpenAIServer(responder=judge) as srv:
+    with StubOpenAIServer(respond=judge) as srv:
         first = scoring.score_run(_params(tmp_path, srv.base_url), run_dir)
         assert first["counts"]["missing_scores"] > 0 and srv.calls == CALLS["kris"]
         state["down_after"] = 10**6

@@ -152,7 +152,7 @@ def _expert_params(tmp_path: Path, base_url: str, **bench):
 
 def test_resume_after_a_kill_repeats_no_edit_and_no_expert_call(tmp_path):
     data = write("kris", tmp_path / "kris")
-    with StubOpenAIServer(responder=_refining_expert) as srv:
+    with StubOpenAIServer(respond=_refining_expert) as srv:
         params = _expert_params(tmp_path / "ref", srv.base_url)
         ref_editor = StandInEditor()
         ref = _run(tmp_path / "ref", "kris", data, ref_editor, "expert", 3, params)
@@ -190,7 +190,7 @@ def test_resume_after_a_kill_repeats_no_edit_and_no_expert_call(tmp_path):
 
 def test_turn_ablation_reuses_the_shorter_runs_turns(tmp_path):
     data = write("imgedit", tmp_path / "imgedit")
-    with StubOpenAIServer(responder=_refining_expert) as srv:
+    with StubOpenAIServer(respond=_refining_expert) as srv:
         params = _expert_params(tmp_path, srv.base_url)
         editor = StandInEditor()
         two = _run(tmp_path, "imgedit", data, editor, "expert", 2, params)

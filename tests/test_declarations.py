@@ -35,6 +35,8 @@ CHANGES = {
     "kubernetes": {"image": "other:tag"},
     "s3": {"bucket": "b"},
     "benchmarks": {"max_turns": 3},
+    "sources": [{"name": "mine", "kind": "jsonl", "path": "data/mine.jsonl"}],
+    "prepare": {"max_pixels": 4096},
 }
 
 

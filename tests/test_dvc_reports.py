@@ -50,7 +50,8 @@ def test_git_tracks_the_reports_and_ignores_data_models_and_run_specific_files()
         return r.returncode == 0
 
     for path in ("data/trajectories/manifest.json", "models/sft/model.safetensors", ".dvc/cache/x", ".dvc/tmp/x",
-                 "reports/run_stats.json", "reports/training/sft/params.yaml", "dvc_plots/index.html"):  # fmt: skip
+                 "reports/run_stats.json", "reports/run.html", "reports/training/sft/params.yaml",
+                 "dvc_plots/index.html"):  # fmt: skip
         assert ignored(path), path
     committed = ["reports/eval/metrics.json", "reports/eval/score_by_turn.json", "reports/eval/summary.md"]
     committed += ["reports/training/sft/metrics.json", "reports/training/rl/plots/metrics/reward.tsv"]

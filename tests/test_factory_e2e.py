@@ -53,6 +53,12 @@ def test_whole_factory_runs_and_reports(tmp_path):
         "promote",
     ]
     assert all(s["peak_rss_mib"] > 0 for s in stats["stages"])
+    log = " ".join(done.stderr.split())
+    for stage in stats["stages"]:  # every stage says what it did, not `{}`
+        assert f"{stage['stage']} done: " in log and f"{stage['stage']} done: {{}}" not in log
+    report = (tmp_path / "reports/run.html").read_text()
+    assert "not run" not in report and "could not read" not in report  # every part of the run is in it
+    assert "reports: reports/run.html" in done.stdout
 
     summary = json.loads((tmp_path / "reports/eval/summary.json").read_text())
     assert set(summary["systems"]) == {"editor", "editor+expert", "editor+sft", "editor+rl"}
@@ -108,6 +114,15 @@ def test_validation_failure_stops_before_training_and_keeps_the_data(tmp_path):
     images[0] = b"not a png"
     broken = table.set_column(table.schema.get_field_index("image_png"), "image_png", [images])
     pq.write_table(broken, shard)
+    # as a faulty stage would have written it: the manifest lists the broken shard (a shard changed after it was
+    # written is refused by every reader, validate included: tests/test_verified_reads.py)
+    from editthinker.records import dataset_hash
+    from editthinker.storage import sha256_file, write_json
+
+    manifest = read_manifest(tmp_path / "data/trajectories")
+    manifest["files"][shard.name] = sha256_file(shard)
+    manifest["dataset_sha256"] = dataset_hash(manifest["files"])
+    write_json(tmp_path / "data/trajectories/manifest.json", manifest)
     before = shard.read_bytes()
     done = cli("validate", "--params", "params.yaml", cwd=tmp_path)
     assert done.returncode == 1

@@ -116,3 +116,12 @@ def test_accelerate_launch_trains_over_two_processes(sft_data: Path, tmp_path: P
     assert metrics["steps"] == PARAMS["sft"]["max_steps"] and metrics["model_id"].startswith("tiny-qwen2.5-vl@")
     assert json.loads((out / "lineage.json").read_text())["stage"] == "sft"
     assert (logs / "sft/plots/metrics/loss.tsv").is_file()
+
+
+def test_the_cli_names_the_training_logs_variable_the_trainer_reads() -> None:
+    """`editthinker run` sets the variable by name, without importing training (torch) in its own process."""
+    import inspect
+
+    from editthinker import cli
+
+    assert f'"{TRAINING_LOGS_ENV}"' in inspect.getsource(cli._run_stage_process)

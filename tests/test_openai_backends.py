@@ -104,6 +104,7 @@ def test_500_then_200_is_retried(tmp_path):
     assert v.format_ok and not v.satisfied and v.answer == "recolor the red square to blue"
     assert srv.calls == 2
     assert expert.usage.as_dict()["calls"] == 1 and expert.usage.failed_calls == 0
+    assert expert.usage.as_dict()["retries"] == 1  # the SDK's retry is counted
     # the strict json_schema is asked for, and both images travel as data URLs
     body = srv.requests[-1]
     assert body["response_format"]["type"] == "json_schema"
@@ -130,13 +131,14 @@ def test_hang_times_out_with_a_clear_error_after_max_retries(tmp_path):
             client.complete(ChatRequest("c1", [{"role": "user", "content": "hi"}]))
         assert time.perf_counter() - t0 < 5
         assert srv.calls == 2  # the first try and one retry
-        assert client.usage.failed_calls == 1
+        assert client.usage.failed_calls == 1 and client.usage.retries == 1
         client.close()
-        # as the expert, the failure is a format-failure Verdict, not an exception
+        # as the expert, the failure is raised: it never becomes a format failure (API faults never change data)
         expert = OpenAIExpert(api_cfg("expert", srv.base_url, tmp_path, timeout_s=0.3, max_retries=0))
-        [v] = expert.think([think_req()])
+        with pytest.raises(OpenAICallError, match=r"expert: 1 of 1 calls failed .*expert call #0 .*Timeout"):
+            expert.think([think_req()])
         expert.close()
-    assert not v.format_ok and "api error" in v.error and "Timeout" in v.error
+    assert expert.usage.as_dict()["failed_calls"] == 1 and expert.usage.as_dict()["retries"] == 0
 
 
 @pytest.mark.parametrize(
@@ -145,9 +147,8 @@ def test_hang_times_out_with_a_clear_error_after_max_retries(tmp_path):
         (Answer('{"is_satisfied": false, "reason": "x", "new_rewritten_prompt": '), "not JSON"),
         (Answer(""), "not JSON"),
         (Answer('{"is_satisfied": "no", "reason": "x", "new_rewritten_prompt": "y"}'), "is_satisfied"),
-        (Raw("<html>bad gateway</html>"), "api error"),
     ],
-    ids=["malformed-json", "empty", "wrong-type", "body-not-json"],
+    ids=["malformed-json", "empty", "wrong-type"],
 )
 def test_bad_answers_are_format_failures(tmp_path, action, error):
     with StubOpenAIServer([action]) as srv:
@@ -155,6 +156,15 @@ def test_bad_answers_are_format_failures(tmp_path, action, error):
         [v] = expert.think([think_req()])
         expert.close()
     assert not v.format_ok and error in v.error
+
+
+def test_a_reply_that_is_not_a_chat_completion_is_a_failed_call_not_an_answer(tmp_path):
+    with StubOpenAIServer([Raw("<html>bad gateway</html>")]) as srv:
+        expert = OpenAIExpert(api_cfg("expert", srv.base_url, tmp_path, max_retries=0))
+        with pytest.raises(OpenAICallError, match="not a chat completion"):
+            expert.think([think_req()])
+        expert.close()
+    assert expert.usage.failed_calls == 1 and expert.usage.calls == 0
 
 
 def test_cache_second_identical_call_makes_no_request(tmp_path):
@@ -187,13 +197,14 @@ def test_api_key_never_in_logs_cache_or_errors(tmp_path, caplog):
     with StubOpenAIServer([Status(500), Answer(OK), Status(503), Status(503)]) as srv:
         expert = OpenAIExpert(api_cfg("expert", srv.base_url, tmp_path, max_retries=1))
         ok = expert.think([think_req()])
-        bad = expert.think([think_req("another instruction")])
+        with pytest.raises(OpenAICallError) as bad:
+            expert.think([think_req("another instruction")])
         expert.close()
-    assert ok[0].format_ok and not bad[0].format_ok
+    assert ok[0].format_ok
     assert srv.auth_headers[0] == f"Bearer {SECRET}"  # the key was used ...
     assert SECRET not in caplog.text  # ... but never logged,
     assert "DEBUG" in {r.levelname for r in caplog.records}  # (debug logging was on)
-    assert SECRET not in bad[0].error  # never in an error,
+    assert SECRET not in str(bad.value) and SECRET not in repr(bad.value.__cause__)  # never in an error,
     files = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
     assert files
     for p in files:  # and never in a cache file
@@ -253,8 +264,16 @@ def test_parse_judge_answer_is_strict():
 
 
 def test_generation_loop_survives_a_flaky_server(tmp_path):
-    """run_episodes with the API expert, a synthetic editor and judge: bad answers cost turns, never the run."""
-    script = [Status(500), Answer(OK), Raw("not json"), Answer(""), Status(429, {"retry-after-ms": "50"}), Answer(OK)]
+    """run_episodes with the API expert, a synthetic editor and judge: bad answers cost turns, never the run;
+    transient errors are retried."""
+    script = [
+        Status(500),
+        Answer(OK),
+        Answer("not json"),
+        Answer(""),
+        Status(429, {"retry-after-ms": "50"}),
+        Answer(OK),
+    ]
     done = format_expert_answer(True, "done", "")
     with StubOpenAIServer(script, default=Answer(done)) as srv:
         expert = OpenAIExpert(api_cfg("expert", srv.base_url, tmp_path, max_retries=1, concurrency=2))
@@ -268,7 +287,7 @@ def test_generation_loop_survives_a_flaky_server(tmp_path):
         expert.close()
     assert len(episodes) == 6 and all(e.stop_reason for e in episodes)
     assert sum(e.format_failures for e in episodes) >= 1
-    assert expert.usage.calls >= 6
+    assert expert.usage.calls >= 6 and expert.usage.retries == 2 and expert.usage.failed_calls == 0
 
 
 # -- (a) a real OpenAI-compatible server: transformers serve with a tiny thinker -------------------------

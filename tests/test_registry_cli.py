@@ -29,7 +29,7 @@ from editthinker.lineage import hash_path, make_lineage
 from editthinker.model_card import card_sha256, git_state, render_card, stage_params
 from editthinker.registry import Registry, RegistryError
 from editthinker.stages import promote, sections_of
-from editthinker.storage import atomic_dir, write_json
+from editthinker.storage import atomic_dir, dataset_hash, sha256_file, write_json
 from eval_summaries import summary
 
 
@@ -38,9 +38,9 @@ def make_dataset(root: Path, name: str, rows: int) -> Path:
     """A dataset folder as records.write_dataset leaves it: shards plus a manifest with rows and sha256."""
     d = root / name
     d.mkdir(parents=True)
-    (d / "part-00000.parquet").write_bytes(b"x" * (10 * rows))
-    files = {"part-00000.parquet": "f" * 64}
-    (d / "manifest.json").write_text(json.dumps({"rows": rows, "files": files, "dataset_sha256": f"{name:0>64}"}))
+    (d / "part-00000.parquet").write_bytes(name.encode() + b"x" * (10 * rows - len(name)))
+    files = {"part-00000.parquet": sha256_file(d / "part-00000.parquet")}  # what reads verify
+    (d / "manifest.json").write_text(json.dumps({"rows": rows, "files": files, "dataset_sha256": dataset_hash(files)}))
     return d
 
 

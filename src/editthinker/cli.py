@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,7 +20,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from editthinker import __version__
 from editthinker.config import ConfigError, Params, load_params, params_yaml
+from editthinker.stages import STAGES
+from editthinker.summaries import describe
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(stderr=True)
@@ -39,6 +42,11 @@ RestartOpt = Annotated[
 ]
 
 
+def _opt(text: str, *names: str) -> Any:
+    """A typer option with its help text (every option has one; a test walks the commands)."""
+    return typer.Option(*names, help=text)
+
+
 class Layout:
     """Where each stage's output lives by default (dvc.yaml uses the same paths)."""
 
@@ -50,7 +58,54 @@ class Layout:
     sft_model = Path("models/sft")
     rl_model = Path("models/rl")
     evaluation = Path("reports/eval")
+    training_logs = Path("reports/training")  # DVCLive curves, per training stage
     registry = Path("registry")
+    run_stats = Path("reports/run_stats.json")
+    report = Path("reports/run.html")
+
+
+def _git_commit() -> str | None:
+    """`git describe --always --dirty` of the checkout this package's source is tracked in, if it is."""
+    here = Path(__file__).resolve().parent
+    try:
+        tracked = subprocess.run(
+            ["git", "-C", str(here), "ls-files", "--error-unmatch", Path(__file__).name], capture_output=True
+        )
+        if tracked.returncode != 0:
+            return None
+        out = subprocess.run(
+            ["git", "-C", str(here), "describe", "--always", "--dirty", "--abbrev=12"], capture_output=True, text=True
+        )
+    except OSError:  # no git on this machine
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _version(value: bool) -> None:
+    if not value:
+        return
+    from editthinker.lineage import code_version
+
+    commit = _git_commit()
+    typer.echo(f"editthinker {__version__}")
+    typer.echo(f"code version {code_version()}")
+    typer.echo(f"git commit {commit}" if commit else "git commit: not in a git checkout")
+    raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_version,
+            is_eager=True,
+            help="print the package version, the code version (a digest of the source) and the git commit; exit",
+        ),
+    ] = False,
+) -> None:
+    """EditThinker Factory: build, train, evaluate and promote a Think-while-Edit thinker."""
 
 
 def _params(paths: list[Path] | None, sets: list[str] | None = None) -> Params:
@@ -62,12 +117,12 @@ def _params(paths: list[Path] | None, sets: list[str] | None = None) -> Params:
         raise typer.Exit(2) from None
 
 
-def _done(name: str, result: Any) -> None:
-    summary = {k: v for k, v in (result or {}).items() if not isinstance(v, dict | list)}
-    console.print(f"[green]{name} done[/green] {json.dumps(summary, default=str)}", highlight=False)
+def _done(name: str, result: Any, outputs: Sequence[str | Path] = ()) -> None:
+    line = describe(name, result, outputs)
+    console.print(f"[green]{name} done:[/green]" + line.removeprefix(f"{name} done:"), highlight=False, soft_wrap=True)
 
 
-def _stage(name: str, fn: Callable[[], Any]) -> Any:
+def _stage(name: str, fn: Callable[[], Any], outputs: Sequence[str | Path] = ()) -> Any:
     try:
         result = fn()
     except ConfigError as exc:
@@ -76,105 +131,129 @@ def _stage(name: str, fn: Callable[[], Any]) -> Any:
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         console.print(f"[red]{name} failed:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from None
-    _done(name, result)
+    _done(name, result, outputs)
     return result
 
 
+TrajectoriesOpt = Annotated[Path, _opt("trajectories dataset (one parquet row per turn)")]
+SftDataOpt = Annotated[Path, _opt("SFT step samples dataset")]
+RlDataOpt = Annotated[Path, _opt("RL step samples dataset")]
+SftCheckpointOpt = Annotated[Path, _opt("SFT thinker checkpoint folder")]
+RlCheckpointOpt = Annotated[Path, _opt("RL thinker checkpoint folder")]
+EvalDirOpt = Annotated[Path, _opt("evaluation folder (summary.json, summary.md, score_by_turn.png)")]
+
+
 @app.command()
-def generate(params: ParamsOpt = None, set_: SetOpt = None, out: Path = Layout.trajectories) -> None:
+def generate(
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    out: Annotated[Path, _opt("output trajectories dataset")] = Layout.trajectories,
+) -> None:
     """Generate trajectories: the expert plays the thinker over every editor."""
     from editthinker.stages import generate as stage
 
     p = _params(params, set_)
-    _stage("generate", lambda: stage.run(p, out))
+    _stage("generate", lambda: stage.run(p, out), [out])
+
+
+@app.command()
+def prepare(params: ParamsOpt = None, set_: SetOpt = None, out: Path = Path("data/prepared")) -> None:
+    """Prepare the declared sources (params sources:) into tasks, an image store and a quarantine report."""
+    from editthinker import prepare as prep
+
+    p = _params(params, set_)
+    _stage("prepare", lambda: prep.run(p, out))
 
 
 @app.command("filter")
 def filter_(
-    params: ParamsOpt = None, set_: SetOpt = None, trajectories: Path = Layout.trajectories, out: Path = Layout.filtered
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    trajectories: TrajectoriesOpt = Layout.trajectories,
+    out: Annotated[Path, _opt("output: the kept trajectories, truncated at their best turn")] = Layout.filtered,
 ) -> None:
     """Keep trajectories whose later turns beat the first; truncate at the best turn."""
     from editthinker.stages import filter as stage
 
     p = _params(params, set_)
-    _stage("filter", lambda: stage.run(p, trajectories, out))
+    _stage("filter", lambda: stage.run(p, trajectories, out), [out])
 
 
 @app.command()
 def split(
     params: ParamsOpt = None,
     set_: SetOpt = None,
-    filtered: Path = Layout.filtered,
-    sft_out: Path = Layout.sft_data,
-    rl_out: Path = Layout.rl_data,
+    filtered: Annotated[Path, _opt("filtered trajectories dataset")] = Layout.filtered,
+    sft_out: Annotated[Path, _opt("output SFT step samples dataset")] = Layout.sft_data,
+    rl_out: Annotated[Path, _opt("output RL step samples dataset")] = Layout.rl_data,
 ) -> None:
     """Unroll trajectories into step samples, balance them, split SFT / RL."""
     from editthinker.stages import split as stage
 
     p = _params(params, set_)
-    _stage("split", lambda: stage.run(p, filtered, sft_out, rl_out))
+    _stage("split", lambda: stage.run(p, filtered, sft_out, rl_out), [sft_out, rl_out])
 
 
 @app.command()
 def validate(
     params: ParamsOpt = None,
     set_: SetOpt = None,
-    trajectories: Path = Layout.trajectories,
-    sft: Path = Layout.sft_data,
-    rl: Path = Layout.rl_data,
-    out: Path = Layout.validation,
+    trajectories: TrajectoriesOpt = Layout.trajectories,
+    sft: SftDataOpt = Layout.sft_data,
+    rl: RlDataOpt = Layout.rl_data,
+    out: Annotated[Path, _opt("output report folder (report.json, report.md)")] = Layout.validation,
 ) -> None:
     """Validate trajectories and step samples with great-expectations suites."""
     from editthinker.stages import validate as stage
 
     p = _params(params, set_)
-    _stage("validate", lambda: stage.run(p, trajectories, sft, rl, out))
+    _stage("validate", lambda: stage.run(p, trajectories, sft, rl, out), [out])
 
 
 @app.command()
 def sft(
     params: ParamsOpt = None,
     set_: SetOpt = None,
-    data: Path = Layout.sft_data,
-    out: Path = Layout.sft_model,
+    data: SftDataOpt = Layout.sft_data,
+    out: Annotated[Path, _opt("output checkpoint folder")] = Layout.sft_model,
     restart: RestartOpt = False,
 ) -> None:
     """Supervised fine-tuning of the thinker (trl SFTTrainer); resumes a killed run with the same inputs and params."""
     from editthinker.stages import sft as stage
 
     p = _params(params, set_)
-    _stage("sft", lambda: stage.run(p, data, out, restart=restart))
+    _stage("sft", lambda: stage.run(p, data, out, restart=restart), [out])
 
 
 @app.command()
 def rl(
     params: ParamsOpt = None,
     set_: SetOpt = None,
-    data: Path = Layout.rl_data,
-    sft_checkpoint: Path = Layout.sft_model,
-    out: Path = Layout.rl_model,
+    data: RlDataOpt = Layout.rl_data,
+    sft_checkpoint: Annotated[Path, _opt("SFT thinker checkpoint folder to start from")] = Layout.sft_model,
+    out: Annotated[Path, _opt("output checkpoint folder")] = Layout.rl_model,
     restart: RestartOpt = False,
 ) -> None:
     """GRPO from the SFT checkpoint (trl GRPOTrainer) with the registered rewards; resumes like sft."""
     from editthinker.stages import rl as stage
 
     p = _params(params, set_)
-    _stage("rl", lambda: stage.run(p, data, sft_checkpoint, out, restart=restart))
+    _stage("rl", lambda: stage.run(p, data, sft_checkpoint, out, restart=restart), [out])
 
 
 @app.command()
 def evaluate(
     params: ParamsOpt = None,
     set_: SetOpt = None,
-    sft_checkpoint: Path = Layout.sft_model,
-    rl_checkpoint: Path = Layout.rl_model,
-    out: Path = Layout.evaluation,
+    sft_checkpoint: SftCheckpointOpt = Layout.sft_model,
+    rl_checkpoint: Annotated[Path, _opt("RL thinker checkpoint folder (the challenger)")] = Layout.rl_model,
+    out: Annotated[Path, _opt("output folder (summary.json, summary.md, score_by_turn.png)")] = Layout.evaluation,
 ) -> None:
     """Evaluate editor alone / + expert / + SFT thinker / + RL thinker on the held-out benchmark."""
     from editthinker.stages import evaluate as stage
 
     p = _params(params, set_)
-    _stage("evaluate", lambda: stage.run(p, sft_checkpoint, rl_checkpoint, out))
+    _stage("evaluate", lambda: stage.run(p, sft_checkpoint, rl_checkpoint, out), [out])
     console.print((out / "summary.md").read_text(), highlight=False)
 
 
@@ -185,8 +264,8 @@ REGISTRY_HELP = "registry: a folder or s3://bucket/prefix (default: params promo
 def promote(
     params: ParamsOpt = None,
     set_: SetOpt = None,
-    checkpoint: Path = Layout.rl_model,
-    eval_dir: Path = Layout.evaluation,
+    checkpoint: Annotated[Path, _opt("the challenger's checkpoint folder")] = Layout.rl_model,
+    eval_dir: EvalDirOpt = Layout.evaluation,
     registry: Annotated[Path | None, typer.Option(help=REGISTRY_HELP)] = None,
     benchmark_report: Annotated[
         Path | None, typer.Option(help="public benchmark report (needed when params benchmarks.gate is set)")
@@ -198,7 +277,7 @@ def promote(
 
     p = _params(params, set_)
     reg = registry or Path(p.promote.registry)
-    _stage("promote", lambda: stage.run(p, checkpoint, eval_dir, reg, benchmark_report))
+    _stage("promote", lambda: stage.run(p, checkpoint, eval_dir, reg, benchmark_report), [reg])
 
 
 # --- `editthinker registry ...`: list, show, compare, promote, rollback, push (local or s3:// registries) -----
@@ -366,7 +445,75 @@ def registry_push(
     _done("registry push", pushed)
 
 
-STAGES = ("generate", "filter", "split", "validate", "sft", "rl", "evaluate", "promote")
+# What each stage reads and writes under the default layout (dvc.yaml's deps and outs; a test holds them equal).
+# promote writes to params' promote.registry; Layout.registry is its default.
+STAGE_IO: dict[str, tuple[tuple[Path, ...], tuple[Path, ...]]] = {
+    "generate": ((), (Layout.trajectories,)),
+    "filter": ((Layout.trajectories,), (Layout.filtered,)),
+    "split": ((Layout.filtered,), (Layout.sft_data, Layout.rl_data)),
+    "validate": ((Layout.trajectories, Layout.sft_data, Layout.rl_data), (Layout.validation,)),
+    "sft": ((Layout.sft_data, Layout.validation), (Layout.sft_model,)),
+    "rl": ((Layout.rl_data, Layout.sft_model), (Layout.rl_model,)),
+    "evaluate": ((Layout.sft_model, Layout.rl_model), (Layout.evaluation,)),
+    "promote": ((Layout.rl_model, Layout.evaluation / "summary.json"), (Layout.registry,)),
+}
+
+
+def _stage_io(p: Params) -> dict[str, tuple[list[str], list[str]]]:
+    """STAGE_IO as the run will see it: paths as strings, promote writing to params' registry."""
+    io = {s: ([str(x) for x in ins], [str(x) for x in outs]) for s, (ins, outs) in STAGE_IO.items()}
+    io["promote"] = (io["promote"][0], [p.promote.registry])
+    return io
+
+
+def _within(path: str, outputs: Iterable[str]) -> bool:
+    """Is `path` one of `outputs` or inside one (reports/eval/summary.json is in reports/eval)?"""
+    return any(Path(path) == Path(o) or Path(path).is_relative_to(o) for o in outputs)
+
+
+def _missing_inputs(stages: Sequence[str], io: dict[str, tuple[list[str], list[str]]]) -> list[tuple[str, str]]:
+    """(stage, path) for every input of `stages` that neither exists nor is written by an earlier one of them."""
+    made: list[str] = []
+    missing = []
+    for stage in stages:
+        ins, outs = io[stage]
+        missing += [(stage, x) for x in ins if not _within(x, made) and not Path(x).exists()]
+        made += outs
+    return missing
+
+
+def _maker(path: str, io: dict[str, tuple[list[str], list[str]]]) -> str:
+    """The stage that writes `path`."""
+    return next(s for s, (_, outs) in io.items() if _within(path, outs))
+
+
+def _select_stages(first: str | None, last: str | None) -> list[str]:
+    i = STAGES.index(first) if first else 0
+    j = STAGES.index(last) if last else len(STAGES) - 1
+    if i > j:
+        console.print(f"[red]error:[/red] --from {first} comes after --to {last} (stages: {', '.join(STAGES)})")
+        raise typer.Exit(2)
+    return list(STAGES[i : j + 1])
+
+
+def _print_plan(
+    stages: Sequence[str], io: dict[str, tuple[list[str], list[str]]], params_args: list[str], stats: Path, report: Path
+) -> None:
+    made: list[str] = []
+    with_ = " ".join(params_args)
+    typer.echo(f"dry run: {len(stages)} stage(s) would run with {with_}, each in its own process; nothing was run")
+    for k, stage in enumerate(stages, 1):
+        ins, outs = io[stage]
+        notes = []
+        for x in ins:
+            state = "exists" if Path(x).exists() else "MISSING"
+            state = f"written by {_maker(x, io)} in this run" if _within(x, made) else state
+            notes.append(f"{x} ({state})")
+        typer.echo(f"{k}. {stage}")
+        typer.echo(f"     reads:  {', '.join(notes) or 'params only'}")
+        typer.echo(f"     writes: {', '.join(outs)}")
+        made += outs
+    typer.echo(f"then: {stats} (timings of these stages) and {report} (the run report)")
 
 
 def _params_args(paths: list[Path] | None, sets: list[str] | None) -> list[str]:
@@ -376,42 +523,134 @@ def _params_args(paths: list[Path] | None, sets: list[str] | None) -> list[str]:
 
 
 def _run_stage_process(stage: str, params_args: list[str]) -> tuple[float, float, int]:
-    """Run one stage as its own process; (wall seconds, peak RSS in MiB, exit code)."""
+    """Run one stage as its own process; (wall seconds, peak RSS in MiB, exit code). Training curves go where
+    dvc.yaml puts them (reports/training/<stage>), so `dvc repro` after a run finds every output."""
+    var = "EDITTHINKER_TRAINING_LOGS"  # = training.TRAINING_LOGS_ENV (not imported here: it loads torch)
+    env = {**os.environ, var: os.environ.get(var, str(Layout.training_logs))}
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "editthinker.cli", stage, *params_args])
+    proc = subprocess.Popen([sys.executable, "-m", "editthinker.cli", stage, *params_args], env=env)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     return time.perf_counter() - t0, usage.ru_maxrss / 1024, proc.returncode
 
 
+def _stage_name(value: str | None) -> str | None:
+    if value is not None and value not in STAGES:
+        raise typer.BadParameter(f"{value!r} is not a stage; stages: {', '.join(STAGES)}")
+    return value
+
+
 @app.command("run")
-def run_all(params: ParamsOpt = None, set_: SetOpt = None, stats: Path = Path("reports/run_stats.json")) -> None:
-    """The whole factory, stage by stage (each its own process, so its peak memory is measured)."""
-    _params(params, set_)  # fail fast on bad params, before any work
+def run_all(
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    stats: Annotated[Path, _opt("where to write the stage timings and peak memory")] = Layout.run_stats,
+    from_: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            metavar="STAGE",
+            callback=_stage_name,
+            show_default=False,
+            help=f"start at this stage (its inputs must exist; stages: {', '.join(STAGES)}); default: the first",
+        ),
+    ] = None,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            metavar="STAGE", callback=_stage_name, show_default=False, help="stop after this stage; default: the last"
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, _opt("print the stages that would run, with what they read and write; run nothing", "--dry-run")
+    ] = False,
+    report: Annotated[Path, _opt("the HTML run report written at the end")] = Layout.report,
+) -> None:
+    """The factory, stage by stage (each its own process, so its peak memory is measured), then the run report."""
+    p = _params(params, set_)  # fail fast on bad params, before any work
+    stages = _select_stages(from_, to)
+    io = _stage_io(p)
+    if dry_run:
+        _print_plan(stages, io, _params_args(params, set_), stats, report)
+    missing = _missing_inputs(stages, io)
+    if missing:
+        for stage, path in missing:
+            console.print(
+                f"[red]error:[/red] {path} is missing: {stage} reads it and {_maker(path, io)} writes it; "
+                f"start at {_maker(path, io)} or earlier (--from)",
+                highlight=False,
+                soft_wrap=True,
+            )
+        raise typer.Exit(2)
+    if dry_run:
+        return
     rows: list[dict[str, Any]] = []
-    for stage in STAGES:
+    failed = 0
+    for stage in stages:
         console.rule(f"[bold]{stage}")
         wall, rss, code = _run_stage_process(stage, _params_args(params, set_))
-        rows.append({"stage": stage, "wall_s": round(wall, 2), "peak_rss_mib": round(rss, 1)})
+        rows.append({"stage": stage, "wall_s": round(wall, 2), "peak_rss_mib": round(rss, 1), "exit_code": code})
         if code != 0:
             console.print(f"[red]stage {stage} failed (exit {code}); later stages not run[/red]")
-            raise typer.Exit(code)
+            failed = code
+            break
+    total = sum(r["wall_s"] for r in rows)
+    stats.parent.mkdir(parents=True, exist_ok=True)
+    stats.write_text(json.dumps({"stages": rows, "total_s": round(total, 2)}, indent=2) + "\n")
+    _write_report(report, Path("."), stats)
+    if failed:
+        console.print(f"run report: {report}", highlight=False)
+        raise typer.Exit(failed)
     table = Table(title="stage timings")
     for col in ("stage", "wall s", "peak RSS MiB"):
         table.add_column(col)
     for r in rows:
         table.add_row(r["stage"], f"{r['wall_s']:.1f}", f"{r['peak_rss_mib']:.0f}")
-    total = sum(r["wall_s"] for r in rows)
     table.add_row("total", f"{total:.1f}", f"{max(r['peak_rss_mib'] for r in rows):.0f}")
-    stats.parent.mkdir(parents=True, exist_ok=True)
-    stats.write_text(json.dumps({"stages": rows, "total_s": round(total, 2)}, indent=2) + "\n")
     out = Console()
     out.print(table)
-    out.print((Layout.evaluation / "summary.md").read_text(), highlight=False)
-    out.print(
-        f"reports: {Layout.evaluation}/summary.md, {Layout.evaluation}/summary.json, "
-        f"{Layout.evaluation}/score_by_turn.png, {Layout.validation}/report.md, registry: {Layout.registry}/"
+    if "evaluate" in stages:
+        out.print((Layout.evaluation / "summary.md").read_text(), highlight=False)
+    written = [
+        Layout.evaluation / "summary.md",
+        Layout.evaluation / "summary.json",
+        Layout.evaluation / "score_by_turn.png",
+        Layout.validation / "report.md",
+    ]
+    listed = ", ".join(str(x) for x in written if x.exists())
+    out.print(f"reports: {report}{', ' + listed if listed else ''}, registry: {p.promote.registry}/", highlight=False)
+
+
+def _write_report(out: Path, root: Path, stats: Path, max_trajectories: int = 50, seed: int = 0) -> None:
+    from editthinker.report import Sources, write_report
+
+    sources = Sources(
+        run_stats=root / stats,
+        trajectories=root / Layout.trajectories,
+        filtered=root / Layout.filtered,
+        sft_data=root / Layout.sft_data,
+        rl_data=root / Layout.rl_data,
+        validation=root / Layout.validation,
+        sft_model=root / Layout.sft_model,
+        rl_model=root / Layout.rl_model,
+        evaluation=root / Layout.evaluation,
     )
+    summary = write_report(out, sources, max_trajectories, seed, str(root.resolve()))
+    console.print(f"[green]report done:[/green] {summary} -> {out}", highlight=False, soft_wrap=True)
+
+
+@app.command("report")
+def report_(
+    out: Annotated[Path, _opt("the HTML file to write (one self-contained file)")] = Layout.report,
+    root: Annotated[Path, _opt("the run folder whose outputs to read (data/, models/, reports/)")] = Path("."),
+    trajectories: Annotated[
+        int, typer.Option("--trajectories", "-n", min=0, help="trajectories in the browser (a seeded sample)")
+    ] = 50,
+    seed: Annotated[int, _opt("seed of the trajectory sample")] = 0,
+) -> None:
+    """Write the run report: stage timings, data funnel, score distributions, a trajectory browser, validation,
+    training and evaluation; parts not run yet are shown as such."""
+    _write_report(out, root, Layout.run_stats, trajectories, seed)
 
 
 params_app = typer.Typer(add_completion=False, no_args_is_help=True, help="The params the stages would run with.")
@@ -467,7 +706,7 @@ def edit_one(
     params: ParamsOpt = None,
     set_: SetOpt = None,
     max_turns: Annotated[int | None, typer.Option(help="default: params evaluate.max_turns")] = None,
-    seed: int = 0,
+    seed: Annotated[int, _opt("seed of the episode (a synthetic editor's slips, the expert's errors)")] = 0,
     reference: Annotated[Path | None, typer.Option(help="target scene JSON (synthetic expert / judge)")] = None,
 ) -> None:
     """Think-while-Edit on one image: every turn's image, the trace as JSON and an HTML strip."""
@@ -484,8 +723,8 @@ def serve_editor(
     editor: Annotated[str, typer.Option(help="an editor name from params.editors")],
     params: ParamsOpt = None,
     set_: SetOpt = None,
-    host: str = "127.0.0.1",
-    port: int = 8700,
+    host: Annotated[str, _opt("address to listen on (0.0.0.0: every interface)")] = "127.0.0.1",
+    port: Annotated[int, _opt("port to listen on")] = 8700,
 ) -> None:
     """Serve one editor from params over HTTP (POST /edit, GET /health) for `kind: http` editors."""
     from editthinker.backends.factory import build_editor

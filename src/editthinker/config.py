@@ -1,6 +1,9 @@
 """Typed configuration: one pydantic model that mirrors params.yaml, validated once at start-up.
 
-Unknown keys are errors (extra="forbid"), and every error names the offending key path.
+Unknown keys are errors (extra="forbid"), and every error names the offending key path. Types are strict
+(pydantic strict mode): a bool is not a count, 3.0 or "3" is not an integer (an integer is a number, though);
+constraints across fields (rl.batch_size and num_generations, the thinker's width and heads) are checked here
+too, so a bad params file fails at load, before any stage spends time. An empty params file is an error.
 Secrets never live here: API keys and credentials come from the environment.
 """
 
@@ -21,7 +24,7 @@ from editthinker.world.tasks import STYLES
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class WorldConfig(_Strict):
@@ -221,6 +224,17 @@ class ThinkerModelConfig(_Strict):
     vision_layers: int = Field(1, ge=1)
 
     @model_validator(mode="after")
+    def _sizes(self) -> ThinkerModelConfig:
+        if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 2:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be a multiple of 2 * num_heads ({self.num_heads}): "
+                "every head gets an even width (rotary embeddings)"
+            )
+        if self.vision_hidden_size % 4:
+            raise ValueError(f"vision_hidden_size ({self.vision_hidden_size}) must be a multiple of 4 (2 heads, even)")
+        return self
+
+    @model_validator(mode="after")
     def _pixels(self) -> ThinkerModelConfig:
         if self.image_min_pixels and self.image_max_pixels and self.image_min_pixels > self.image_max_pixels:
             raise ValueError("image_min_pixels must not exceed image_max_pixels")
@@ -351,12 +365,22 @@ class RLParams(TrainingParams):
 
     @model_validator(mode="after")
     def _groups(self) -> RLParams:
-        if self.batch_size % self.num_generations:
-            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of num_generations")
         if self.global_batch_size is not None and self.global_batch_size % self.num_generations:
-            raise ValueError(f"global_batch_size ({self.global_batch_size}) must be a multiple of num_generations")
+            raise ValueError(
+                f"global_batch_size ({self.global_batch_size}) must be a multiple of num_generations "
+                f"({self.num_generations})"
+            )
         if self.use_vllm and self.vllm_mode == "server" and not self.vllm_server_url:
             raise ValueError("vllm_mode server needs vllm_server_url (where `trl vllm-serve` listens)")
+        return self
+
+    @model_validator(mode="after")
+    def _whole_groups(self) -> RLParams:
+        if self.batch_size % self.num_generations:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of num_generations ({self.num_generations}): "
+                "a step takes whole groups of completions"
+            )
         return self
 
 
@@ -378,6 +402,13 @@ class PromoteConfig(_Strict):
     margin: float = Field(0.0, ge=0)
     confidence: float = Field(0.95, gt=0, lt=1)
     max_format_failure_rate: float = Field(0.05, ge=0, le=1)  # share of the thinker's answers that do not parse
+
+    @field_validator("registry")
+    @classmethod
+    def _registry_named(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError('must name a directory or an s3:// URI ("" would make the current directory the registry)')
+        return v
 
 
 BENCHMARK_NAMES = ("gedit", "imgedit", "risebench", "kris")
@@ -451,6 +482,61 @@ class S3Config(_Strict):
     @classmethod
     def _strip_slashes(cls, v: str) -> str:
         return v.strip("/")
+
+
+SOURCE_KINDS = ("synthetic", "jsonl", "csv", "imagefolder", "parquet", "arrow", "hf")
+
+
+class SourceColumns(_Strict):
+    """Which of a source's columns hold what: the image (a path, local or s3://, or bytes), the instruction, and
+    optionally the row's own id and task type."""
+
+    image: str = "image"
+    instruction: str = "instruction"
+    id: str | None = None
+    task_type: str | None = None
+
+
+class SourceConfig(_Strict):
+    """One user-declared source of editing tasks (editthinker.sources). `path`: a folder, a file, an s3:// URI,
+    or (kind hf) a Hugging Face dataset id with a pinned `revision`, or a `save_to_disk` folder."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    kind: Literal["synthetic", "jsonl", "csv", "imagefolder", "parquet", "arrow", "hf"]
+    path: str = ""
+    revision: str | None = None  # hf: the pinned revision (commit sha or tag) of a hub dataset
+    split: str = "train"  # hf: the split to read
+    image_root: str = ""  # jsonl/csv: the folder (or s3:// prefix) relative image paths start from; "": the file's
+    columns: SourceColumns = SourceColumns()
+    limit: int | None = Field(None, ge=1)  # at most this many tasks (a seeded, order-independent choice)
+    weight: float = Field(1.0, gt=0)  # share of prepare.num_tasks when several sources are mixed
+    seed: int = 1234  # synthetic: the world seed
+    num_tasks: int = Field(2000, ge=1)  # synthetic: how many world tasks
+
+    @model_validator(mode="after")
+    def _where(self) -> SourceConfig:
+        if self.kind != "synthetic" and not self.path:
+            raise ValueError(f"kind {self.kind} needs a path")
+        if self.kind == "synthetic" and self.path:
+            raise ValueError("kind synthetic reads no path (it renders the world)")
+        return self
+
+
+def _default_sources() -> list[SourceConfig]:
+    return [SourceConfig(name="world", kind="synthetic")]
+
+
+class PrepareConfig(_Strict):
+    """How `editthinker prepare` normalises source images: RGB, at most `max_pixels` (aspect kept), sides
+    rounded down to a multiple of `size_multiple`; smaller than `min_side` is quarantined."""
+
+    max_pixels: int = Field(1024 * 1024, ge=64)
+    min_side: int = Field(16, ge=1)
+    size_multiple: int = Field(16, ge=1)
+    num_tasks: int | None = Field(None, ge=1)  # mix the sources by weight to this many tasks; None: all of them
+    seed: int = 0  # the seeded choice of limits and mixing
+    rows_per_shard: int = Field(1000, ge=1)
+    images_per_shard: int = Field(256, ge=1)
 
 
 PIPELINE_STEPS = ("generate", "gather", "filter", "split", "validate", "sft", "rl", "evaluate", "challenge", "promote")
@@ -590,6 +676,8 @@ class Params(_Strict):
     benchmarks: BenchmarksConfig = BenchmarksConfig()
     kubernetes: KubernetesConfig = KubernetesConfig()
     s3: S3Config = S3Config()
+    sources: list[SourceConfig] = Field(default_factory=lambda: _default_sources())
+    prepare: PrepareConfig = PrepareConfig()
 
     @model_validator(mode="after")
     def _check(self) -> Params:
@@ -604,6 +692,9 @@ class Params(_Strict):
         gate = self.benchmarks.gate
         if gate is not None and gate.editor and gate.editor not in names:
             raise ValueError(f"benchmarks.gate.editor: {gate.editor!r} is not in editors {names}")
+        source_names = [s.name for s in self.sources]
+        if len(set(source_names)) != len(source_names):
+            raise ValueError(f"sources: names must be unique, got {source_names}")
         if self.evaluate.seed == self.generate.seed:
             raise ValueError("evaluate.seed must differ from generate.seed (the benchmark is held out)")
         return self
@@ -637,7 +728,9 @@ def _format_errors(exc: ValidationError, sources: dict[Key, str] | None = None) 
         if len(loc) > 2 and loc[0] == "editors" and loc[2] in EDITOR_KINDS:
             del loc[2]  # the editor kind's tag, not a key
         key = ".".join(loc) or "<root>"
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        if err["type"].endswith("_type"):  # a strict-type error: say what was given
+            msg += f" (got {err['input']!r})"
         where = _source_of(tuple(loc), sources) if sources else None
         lines.append(f"  {key}: {msg}" + (f" (from {where})" if where else ""))
     return "\n".join(lines)
@@ -653,26 +746,35 @@ def parse_params(data: dict[str, Any] | None, source: str = "params", sources: d
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML as safe_load reads it, but 1e-5 is a float (YAML 1.1 wants 1.0e-5, and reads 1e-5 as a string)."""
+    """YAML 1.2 floats: PyYAML (YAML 1.1) reads 1e-4 or 1.0e6 as strings, which strict types would refuse."""
 
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
     list("-+0123456789."),
 )
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.load(path.read_text(), Loader=_Loader)
+        data = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 (a SafeLoader)
     except FileNotFoundError:
         raise ConfigError(f"params file not found: {path}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    if data is not None and not isinstance(data, dict):
+    if not data:
+        raise ConfigError(f"{path} is empty: a params file names at least one section (all defaults: `world: {{}}`)")
+    if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
-    return data or {}
+    return data
 
 
 def _record(value: Any, at: Key, source: str, sources: dict[Key, str]) -> None:
@@ -703,7 +805,7 @@ def parse_override(text: str) -> tuple[Key, Any]:
     if not sep or not all(p.strip() for p in parts):
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE with a dotted key, e.g. sft.learning_rate=1e-5")
     try:
-        value = yaml.load(raw, Loader=_Loader) if raw.strip() else None
+        value = yaml.load(raw, Loader=_Loader) if raw.strip() else None  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {text!r}: the value is not valid YAML: {exc}") from None
     return parts, value

@@ -1,6 +1,8 @@
 """Lineage: what every artifact carries (params hash, code version, input hashes, model ids).
 
-Nothing time- or host-dependent goes in, so the same run twice gives the same lineage.
+Nothing time- or host-dependent goes in, so the same run twice gives the same lineage. An input's hash is the
+hash of what was verified: a dataset's shards are checked against its manifest, a checkpoint's files against
+its checksums (storage.CHECKSUMS_FILE), and a mismatch fails naming the file.
 """
 
 from __future__ import annotations
@@ -14,13 +16,20 @@ from typing import Any
 
 from editthinker import __version__
 from editthinker.config import Params
-from editthinker.storage import sha256_file
+from editthinker.storage import (
+    CHECKSUMS_FILE,
+    DESCRIPTIVE_FILES,
+    LINEAGE_FILE,
+    MANIFEST_FILE,
+    IntegrityError,
+    listed_files,
+    sha256_file,
+    verify_checksums,
+    verify_dataset,
+)
 
-LINEAGE_FILE = "lineage.json"
-# Files that describe an artifact rather than make it up: excluded from its content hash, so the same
-# weights trained twice hash the same although the run's timings differ (README.md: a registered version's
-# model card, written after the hash is checked).
-DESCRIPTIVE_FILES = frozenset({LINEAGE_FILE, "metrics.json", "README.md"})
+__all__ = ["DESCRIPTIVE_FILES", "LINEAGE_FILE", "code_version", "hash_path", "make_lineage", "size_of",
+           "verify_checkpoint"]  # fmt: skip
 
 
 PACKAGE_ROOT = Path(__file__).parent  # src/editthinker
@@ -84,22 +93,40 @@ def code_version(module: str = _PACKAGE) -> str:
     return f"{__version__}+src.{h.hexdigest()[:12]}"
 
 
-def hash_path(path: Path) -> str:
-    """A dataset's own sha256 (from its manifest), else the sha256 over a file or a folder's files."""
-    path = Path(path)
-    manifest = path / "manifest.json"
-    if manifest.is_file():
-        return str(json.loads(manifest.read_text())["dataset_sha256"])
+def _folder_hash(files: dict[str, str]) -> str:
     h = hashlib.sha256()
-    files = (
-        [path]
-        if path.is_file()
-        else sorted(p for p in path.rglob("*") if p.is_file() and p.name not in DESCRIPTIVE_FILES)
-    )
-    for p in files:
-        h.update(str(p.relative_to(path) if p != path else p.name).encode())
-        h.update(bytes.fromhex(sha256_file(p)))
+    for name, sha in sorted(files.items(), key=lambda kv: Path(kv[0]).parts):  # (the order paths sort in)
+        h.update(name.encode())
+        h.update(bytes.fromhex(sha))
     return h.hexdigest()
+
+
+def hash_path(path: Path) -> str:
+    """The content hash of an input, from verified bytes: a dataset's sha256 (its shards checked against its
+    manifest), a folder's hash over its files (checked against its checksums when it has them; lineage and
+    metrics files excluded), or a file's sha256."""
+    path = Path(path)
+    if (path / MANIFEST_FILE).is_file():
+        return verify_dataset(path)
+    if path.is_file():
+        return _folder_hash({path.name: sha256_file(path)})
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such file or folder to hash")
+    verified = verify_checksums(path)
+    if verified is None:
+        verified = {name: sha256_file(path / name) for name in listed_files(path)}
+    return _folder_hash(verified)
+
+
+def verify_checkpoint(path: Path) -> str:
+    """A checkpoint folder the stages wrote, verified against its checksums; its content hash (as hash_path)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no checkpoint folder there")
+    verified = verify_checksums(path)
+    if verified is None:
+        raise IntegrityError(f"{path}: a checkpoint without {CHECKSUMS_FILE}, so its files cannot be verified")
+    return _folder_hash(verified)
 
 
 def size_of(path: Path) -> dict[str, int]:
@@ -110,9 +137,7 @@ def size_of(path: Path) -> dict[str, int]:
     if manifest.is_file():
         m = json.loads(manifest.read_text())
         return {"rows": int(m["rows"]), "bytes": sum((path / name).stat().st_size for name in m["files"])}
-    files = (
-        [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file() and p.name not in DESCRIPTIVE_FILES]
-    )
+    files = [path] if path.is_file() else [path / name for name in listed_files(path)]
     return {"files": len(files), "bytes": sum(p.stat().st_size for p in files)}
 
 

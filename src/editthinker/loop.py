@@ -4,7 +4,9 @@ Turn 1 edits the source with the original instruction. At each later turn the th
 (I_src, I_edit^{t-1}, T_s, T_{t-1}) and answers; the editor re-edits the SOURCE with the refined
 instruction. An episode stops when the thinker is satisfied, when its answer repeats the previous
 instruction, or after `max_turns` turns. An unparsable answer is counted as a format failure; it uses
-up its turn and the episode goes on (the thinker is asked again at the next turn).
+up its turn and the episode goes on (the thinker is asked again at the next turn). An error of a role (e.g. an
+API call that failed after its retries) is raised as it is, never counted as a format failure: faults must not
+change the episodes.
 The episode's result is its last edit, as in the method's release.
 """
 

@@ -3,12 +3,15 @@
 A dataset is a directory of parquet shards plus `manifest.json` (row count, every file's sha256 and the
 dataset's sha256). Images are PNG bytes inside the rows. Shards are written with fixed writer settings
 and no timestamps, so the same rows give the same bytes.
+
+Every read checks what it reads: a shard's bytes are hashed as they are read and must be the sha256 the
+manifest lists, and the manifest's dataset sha256 must be the hash of its file list; otherwise
+`storage.IntegrityError` names the file. `verify_dataset` gives the dataset sha256 of the verified files
+(what lineage records).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,18 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from editthinker.storage import atomic_dir, sha256_file, write_json
+from editthinker.storage import (
+    atomic_dir,
+    dataset_hash,
+    read_manifest,
+    read_verified,
+    sha256_file,
+    verify_dataset,
+    write_json,
+)
+
+__all__ = ["STEP_SAMPLE_SCHEMA", "TRAJECTORY_SCHEMA", "dataset_hash", "iter_rows", "read_manifest", "read_table",
+           "shard_paths", "verify_dataset", "write_dataset"]  # fmt: skip
 
 TRAJECTORY_SCHEMA = pa.schema(
     [
@@ -109,26 +123,21 @@ def write_dataset(out_dir: Path, rows: Iterable[dict[str, Any]], schema: pa.Sche
     return manifest
 
 
-def dataset_hash(files: dict[str, str]) -> str:
-    return hashlib.sha256(json.dumps(sorted(files.items())).encode()).hexdigest()
-
-
-def read_manifest(data_dir: Path) -> dict[str, Any]:
-    path = Path(data_dir) / "manifest.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{data_dir} is not a dataset (no manifest.json)")
-    return json.loads(path.read_text())
-
-
 def shard_paths(data_dir: Path) -> list[Path]:
     return [Path(data_dir) / name for name in sorted(read_manifest(data_dir)["files"])]
 
 
+def _shards(data_dir: Path, columns: list[str] | None) -> Iterator[pa.Table]:
+    files = read_manifest(data_dir)["files"]
+    for name in sorted(files):
+        data = read_verified(Path(data_dir) / name, files[name])
+        yield pq.read_table(pa.BufferReader(data), columns=columns)
+
+
 def read_table(data_dir: Path, columns: list[str] | None = None) -> pa.Table:
-    paths = shard_paths(data_dir)
-    return pa.concat_tables([pq.read_table(p, columns=columns) for p in paths])
+    return pa.concat_tables(list(_shards(data_dir, columns)))
 
 
 def iter_rows(data_dir: Path, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
-    for p in shard_paths(data_dir):
-        yield from pq.read_table(p, columns=columns).to_pylist()
+    for table in _shards(data_dir, columns):
+        yield from table.to_pylist()

@@ -15,7 +15,8 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from editthinker.config import Params, TrainingParams
 from editthinker.lineage import LINEAGE_FILE, make_lineage
 from editthinker.models.parts import PARTS, freeze, lora_target_names
 from editthinker.models.vlm import checkpoint_id, save_thinker, thinker_messages
-from editthinker.storage import atomic_dir, write_json
+from editthinker.storage import atomic_dir, write_json, writer_lock
 
 METRICS_FILE = "metrics.json"
 # A folder: when set, a training stage logs its curves with DVCLive under <folder>/<stage> (dvc.yaml sets it to
@@ -311,6 +312,14 @@ def train_timed(trainer: Any, resume_from: Path | None, stage: str | None = None
 
 def series(logs: list[dict[str, float]], key: str) -> list[float]:
     return [float(r[key]) for r in logs if key in r]
+
+
+@contextmanager
+def output_lock(out_dir: Path) -> Iterator[None]:
+    """The writer lock of a training stage's output, held by the process that writes it (the main one under
+    `accelerate launch`) from the start of training: a second run of the same output fails at once."""
+    with writer_lock(Path(out_dir)) if PartialState().is_main_process else nullcontext():
+        yield
 
 
 def _final_state_dict(trainer: Any) -> dict[str, Any] | None:

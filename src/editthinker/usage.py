@@ -1,4 +1,5 @@
-"""API usage of the roles that call an API (calls, tokens, cost), as stages record it beside their outputs.
+"""API usage of the roles that call an API (calls, cached calls, retries, failed calls, tokens, cost), as stages
+record it beside their outputs.
 
 Usage goes in manifests and summaries, never into the data itself: cache hits change it, the data's bytes do not.
 """

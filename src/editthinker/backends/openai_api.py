@@ -7,12 +7,16 @@
   params), so a rerun never pays twice. Only the answer and its token counts are stored. A relative `cache_dir`
   lives under $EDITTHINKER_ANSWER_CACHE when that is set (the KFP steps set it to a folder of the model-cache
   PVC, so answers outlive the pod and every generation shard shares them), else under the working directory.
-- Token and cost accounting in a `Usage` accumulator that a stage can write into its lineage or metrics.
+- Token and cost accounting in a `Usage` accumulator that a stage can write into its lineage or metrics:
+  calls answered, calls from the cache, retries the SDK made (each HTTP attempt after the first of a call, seen
+  by its `x-stainless-retry-count` header) and calls that failed after their retries.
 - The API key is read from the environment variable NAMED in params (`api_key_env`); its value is handed to
   the SDK and nowhere else: never logged, never hashed into a cache key, never written to a file.
 
-The expert answers the method's JSON {is_satisfied, reason, new_rewritten_prompt}; an unparsable answer, or a
-call that failed after its retries, is a Verdict with format_ok False (the loop counts it, the run goes on).
+API faults never change data: a call that still fails after its retries raises `OpenAICallError` (naming the
+role, the call and the model), from the expert as from the judge; it never turns into an answer.
+The expert answers the method's JSON {is_satisfied, reason, new_rewritten_prompt}; an unparsable answer is a
+Verdict with format_ok False (the loop counts it as a format failure, the run goes on).
 The judge follows VIEScore: semantic consistency SC = min(editing success, over-editing) and perceptual
 quality PQ = min(naturalness, artifacts), each 0-10, overall sqrt(SC * PQ); an answer still unparsable after
 `format_retries` re-asks raises `JudgeError` naming the call (the stage decides what to do).
@@ -58,6 +62,7 @@ class Usage:
 
     calls: int = 0  # answered by the server
     cached_calls: int = 0  # answered from the disk cache
+    retries: int = 0  # HTTP attempts after the first of a call (the SDK's retries)
     failed_calls: int = 0  # failed after retries
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -78,6 +83,10 @@ class Usage:
     def add_failure(self) -> None:
         with self._lock:
             self.failed_calls += 1
+
+    def add_retry(self) -> None:
+        with self._lock:
+            self.retries += 1
 
     def as_dict(self) -> dict[str, int | float]:
         with self._lock:
@@ -148,7 +157,7 @@ def png_data_url(png: bytes) -> str:
 
 class OpenAIChatClient:
     def __init__(self, cfg: OpenAIAPIConfig, role: str):
-        from openai import AsyncOpenAI
+        from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 
         self.cfg = cfg
         self.role = role
@@ -160,7 +169,11 @@ class OpenAIChatClient:
         self.cache = ResponseCache(cache_dir) if cache_dir else None
         self._response_format_ok = cfg.response_format != "none"
         self._client = AsyncOpenAI(
-            base_url=cfg.base_url, api_key=key or _NO_KEY, timeout=cfg.timeout_s, max_retries=cfg.max_retries
+            base_url=cfg.base_url,
+            api_key=key or _NO_KEY,
+            timeout=cfg.timeout_s,
+            max_retries=cfg.max_retries,
+            http_client=DefaultAsyncHttpxClient(event_hooks={"request": [self._on_request]}),
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"openai-{role}", daemon=True)
@@ -168,6 +181,15 @@ class OpenAIChatClient:
         self._sem = asyncio.Semaphore(cfg.concurrency)
         self._closed = False
         self._inflight: dict[str, asyncio.Future[ChatResult]] = {}
+
+    async def _on_request(self, request: Any) -> None:
+        """Every HTTP attempt passes here; the SDK numbers its retries in a header."""
+        try:
+            retry = int(request.headers.get("x-stainless-retry-count", "0"))
+        except ValueError:
+            retry = 0
+        if retry > 0:
+            self.usage.add_retry()
 
     # the event loop lives on its own thread so a sync caller (the loop, a stage) can submit batches
     def run_sync(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -260,6 +282,12 @@ class OpenAIChatClient:
                     f"{self.role} call {req.call_id} (model {self.cfg.model!r} at {self.cfg.base_url}) failed "
                     f"after up to {self.cfg.max_retries} retries: {type(exc).__name__}: {exc}"
                 ) from exc
+            except ValueError as exc:  # a 200 whose body is not JSON (the SDK does not retry it)
+                self.usage.add_failure()
+                raise OpenAICallError(
+                    f"{self.role} call {req.call_id} (model {self.cfg.model!r} at {self.cfg.base_url}): the server's "
+                    f"answer is not a chat completion: {type(exc).__name__}: {exc}"
+                ) from exc
         if not isinstance(resp, ChatCompletion):  # e.g. a body that is not JSON
             self.usage.add_failure()
             raise OpenAICallError(
@@ -351,17 +379,18 @@ class OpenAIExpert:
         self.client.close()
 
     def think(self, requests: list[ThinkRequest]) -> list[Verdict]:
+        """One verdict per request; raises OpenAICallError if any call failed after its retries (the calls that
+        were answered are cached, so doing the batch again asks only the failed ones)."""
         reqs = [
             ChatRequest(f"#{i}", expert_messages(r), "expert_verdict", EXPERT_SCHEMA) for i, r in enumerate(requests)
         ]
-        verdicts = []
-        for req, res in zip(reqs, self.client.complete_many(reqs), strict=True):
-            if isinstance(res, BaseException):
-                log.warning("expert call %s failed, counted as a format failure: %s", req.call_id, res)
-                verdicts.append(Verdict(raw="", format_ok=False, error=f"api error: {res}"))
-            else:
-                verdicts.append(parse_expert_answer(res.text))
-        return verdicts
+        results = self.client.complete_many(reqs)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            raise OpenAICallError(
+                f"expert: {len(failed)} of {len(reqs)} calls failed after their retries; the first: {failed[0]}"
+            ) from failed[0]
+        return [parse_expert_answer(r.text) for r in results if not isinstance(r, BaseException)]
 
 
 # -- judge -----------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from transformers import (
     Qwen3VLProcessor,
 )
 
-from editthinker.storage import sha256_file
+from editthinker.storage import sha256_file, verify_checksums, write_checksums
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 THINKER_FILE = "thinker.json"
@@ -80,11 +80,13 @@ def decode_image(png: bytes) -> Image.Image:
 def save_thinker(model, processor, path: Path, kind: str, state_dict: dict | None = None) -> None:
     """Write model (safetensors), processor and tokenizer files into `path`; `kind` names the thinker (e.g.
     tiny-qwen2.5-vl) in THINKER_FILE and so in its checkpoint id. `state_dict`: the weights to write when the
-    model does not hold them whole (gathered from shards)."""
+    model does not hold them whole (gathered from shards). Last, the sha256 of every file goes into
+    storage.CHECKSUMS_FILE, which `load_thinker` verifies."""
     path = Path(path)
     model.save_pretrained(path, safe_serialization=True, state_dict=state_dict)
     processor.save_pretrained(path)
     (path / THINKER_FILE).write_text(json.dumps({"kind": kind}, indent=2, sort_keys=True) + "\n")
+    write_checksums(path)
 
 
 def kind_of(folder: Path) -> str:
@@ -167,9 +169,12 @@ def load_thinker(
     """Any image-text-to-text checkpoint (a folder the stages wrote, or a model id such as a Qwen2.5-VL or
     Qwen3-VL release) through AutoModelForImageTextToText + AutoProcessor; safetensors, no remote code.
 
-    `device` is "cpu" or "cuda[:N]"; `dtype` one of DTYPES (real releases: "bfloat16" on a GPU)."""
+    `device` is "cpu" or "cuda[:N]"; `dtype` one of DTYPES (real releases: "bfloat16" on a GPU). A folder with
+    checksums (every one `save_thinker` wrote) is verified first: storage.IntegrityError names a changed file."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
+    if Path(path).is_dir():
+        verify_checksums(Path(path))
     model = AutoModelForImageTextToText.from_pretrained(
         path, trust_remote_code=False, use_safetensors=True, dtype=DTYPES[dtype]
     )

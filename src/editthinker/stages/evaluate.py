@@ -12,15 +12,16 @@ from statistics import fmean
 from typing import Any
 
 from scipy.stats import binomtest
+from tqdm import tqdm
 
 from editthinker.backends.factory import build_editors, build_expert, build_judge, load_vlm_thinker
 from editthinker.config import Params
-from editthinker.lineage import make_lineage
+from editthinker.lineage import make_lineage, verify_checkpoint
 from editthinker.loop import Episode, EpisodeStart, run_episodes
 from editthinker.roles import Thinker
 from editthinker.stages import sections_of
 from editthinker.stats import compare
-from editthinker.storage import atomic_dir, write_json
+from editthinker.storage import atomic_dir, write_json, writer_lock
 from editthinker.usage import api_usage
 from editthinker.world.scene import render_png
 from editthinker.world.tasks import make_tasks
@@ -69,6 +70,28 @@ def paired(items: dict[str, dict[str, list[Any]]], confidence: float) -> dict[st
     return out
 
 
+def critique_accuracy(episodes: list[Episode], params: Params) -> dict[str, float | None]:
+    """How the thinker reads the edits it critiques (the judge's score of the same image is the truth):
+    `satisfied_on_failed` = share of failed edits it called satisfied (it must look at the image to know),
+    `rewrote_on_success` = share of successful edits it rewrote anyway. None where there was no such edit."""
+    ev = params.evaluate
+    failed = satisfied_failed = succeeded = rewrote_succeeded = 0
+    for e in episodes:
+        for t in e.turns:
+            v, sc = t.critique, t.score
+            if v is None or sc is None or not v.format_ok:
+                continue
+            ok = sc.semantic >= ev.success_semantic and sc.quality >= ev.success_quality
+            failed += not ok
+            satisfied_failed += (not ok) and bool(v.satisfied)
+            succeeded += ok
+            rewrote_succeeded += ok and not v.satisfied
+    return {
+        "satisfied_on_failed": satisfied_failed / failed if failed else None,
+        "rewrote_on_success": rewrote_succeeded / succeeded if succeeded else None,
+    }
+
+
 def summarise(episodes: list[Episode], params: Params) -> dict[str, Any]:
     n = len(episodes)
     k = sum(success(e, params) for e in episodes)
@@ -86,6 +109,7 @@ def summarise(episodes: list[Episode], params: Params) -> dict[str, Any]:
         "turns": fmean(len(e.turns) for e in episodes),
         "format_failures": failures,
         "format_failure_rate": failures / critiques if critiques else 0.0,
+        **critique_accuracy(episodes, params),
     }
 
 
@@ -103,16 +127,18 @@ def score_by_turn(episodes: list[Episode], max_turns: int) -> list[float]:
 
 def markdown_table(systems: dict[str, dict[str, dict[str, Any]]]) -> str:
     lines = [
-        "| system | editor | success % [95% CI] | semantic | quality | overall | turns | format failures |",
-        "|---|---|---|---|---|---|---|---|",
+        "| system | editor | success % [95% CI] | semantic | quality | overall | turns | format failures "
+        "| failed edits called satisfied % |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for system, by_editor in systems.items():
         for editor, m in by_editor.items():
             lo, hi = m["success_ci95"]
+            blind = m.get("satisfied_on_failed")
             lines.append(
                 f"| {system} | {editor} | {100 * m['success_rate']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] "
                 f"| {m['semantic']:.2f} | {m['quality']:.2f} | {m['overall']:.2f} | {m['turns']:.2f} "
-                f"| {m['format_failures']} |"
+                f"| {m['format_failures']} | {'-' if blind is None else f'{100 * blind:.1f}'} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -163,6 +189,14 @@ def plot_by_turn(curves: dict[str, list[float]], path: Path) -> None:
 
 
 def run(params: Params, sft_checkpoint: Path, rl_checkpoint: Path, out_dir: Path) -> dict[str, Any]:
+    """Both checkpoints are verified against their checksums before they are loaded."""
+    with writer_lock(out_dir):
+        verify_checkpoint(Path(sft_checkpoint))
+        verify_checkpoint(Path(rl_checkpoint))
+        return _run(params, sft_checkpoint, rl_checkpoint, out_dir)
+
+
+def _run(params: Params, sft_checkpoint: Path, rl_checkpoint: Path, out_dir: Path) -> dict[str, Any]:
     ev = params.evaluate
     editors = build_editors(params)
     judge = build_judge(params.judge)
@@ -181,18 +215,29 @@ def run(params: Params, sft_checkpoint: Path, rl_checkpoint: Path, out_dir: Path
     systems: dict[str, dict[str, dict[str, Any]]] = {}
     curves: dict[str, list[float]] = {}
     items: dict[str, dict[str, list[Any]]] = {}
+    # one bar over every (system, editor) episode; the episodes of a pair run in lockstep (so the thinker
+    # batches exactly as without a bar), and the bar's label follows the pair and the turn being played
+    bar = tqdm(total=len(thinkers) * len(editors) * len(starts), desc="evaluate", unit="episode", disable=None)
     for system, thinker in thinkers.items():
         everything: list[Episode] = []
         systems[system] = {}
         items[system] = {}
         for name, editor in editors.items():
-            episodes = run_episodes(starts, editor, thinker, judge, ev.max_turns)
+            bar.set_postfix_str(f"{system} / {name}, turn 1")
+
+            def on_turn(turn: int, system: str = system, name: str = name) -> None:
+                bar.set_postfix_str(f"{system} / {name}, turn {turn}")
+
+            watch = on_turn if thinker is not None else None  # the editor alone plays one turn
+            episodes = run_episodes(starts, editor, thinker, judge, ev.max_turns, watch)
+            bar.update(len(starts))
             systems[system][name] = summarise(episodes, params)
             everything += episodes
             for key, values in per_item(episodes, name, params).items():
                 items[system].setdefault(key, []).extend(values)
         systems[system]["all"] = summarise(everything, params)
         curves[system] = score_by_turn(everything, ev.max_turns)
+    bar.close()
     models = {f"editor:{n}": e.model_id for n, e in editors.items()}
     models.update({s: t.model_id for s, t in thinkers.items() if t is not None}, judge=judge.model_id)
     inputs = {"sft_checkpoint": sft_checkpoint, "rl_checkpoint": rl_checkpoint}

@@ -12,6 +12,7 @@ from editthinker.config import FilterConfig, Params
 from editthinker.lineage import make_lineage
 from editthinker.records import TRAJECTORY_SCHEMA, iter_rows, read_manifest, write_dataset
 from editthinker.stages import sections_of
+from editthinker.storage import writer_lock
 
 SECTIONS = sections_of("filter")
 
@@ -43,11 +44,14 @@ def kept_rows(trajectories: Path, cfg: FilterConfig, counts: dict[str, int]) -> 
 
 
 def run(params: Params, trajectories: Path, out_dir: Path) -> dict[str, Any]:
-    source = read_manifest(trajectories)
-    counts = {"kept": 0, "dropped": 0, "truncated_turns": 0}
-    rows = list(kept_rows(trajectories, params.filter, counts))
-    shards = max(1, len(source["files"]))
-    lineage = make_lineage("filter", params, SECTIONS, {"trajectories": trajectories}, source["lineage"]["models"])
-    return write_dataset(
-        out_dir, rows, TRAJECTORY_SCHEMA, max(1, -(-len(rows) // shards)), {"lineage": lineage, **counts}
-    )
+    """Every shard read is checked against the manifest; the lineage records the hash of what was verified."""
+    with writer_lock(out_dir):
+        source = read_manifest(trajectories)
+        counts = {"kept": 0, "dropped": 0, "truncated_turns": 0}
+        rows = list(kept_rows(trajectories, params.filter, counts))
+        shards = max(1, len(source["files"]))
+        models = source["lineage"]["models"]
+        lineage = make_lineage("filter", params, SECTIONS, {"trajectories": trajectories}, models)
+        return write_dataset(
+            out_dir, rows, TRAJECTORY_SCHEMA, max(1, -(-len(rows) // shards)), {"lineage": lineage, **counts}
+        )

@@ -1,4 +1,9 @@
-"""Stage 1, generate: multi-turn edit trajectories, the expert playing the thinker, over all editors."""
+"""Stage 1, generate: multi-turn edit trajectories, the expert playing the thinker, over all editors.
+
+API faults never change the data: a call of the expert or the judge that still fails after its retries fails
+its chunk of episodes (`GenerationFailed`, naming the editor and the tasks), and with it the run, which writes
+nothing; a rerun does the chunk again, every call answered before coming from the request cache.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +14,23 @@ from typing import Any
 from tqdm import tqdm
 
 from editthinker.backends.factory import build_editors, build_expert, build_judge
+from editthinker.backends.openai_api import OpenAICallError
 from editthinker.config import Params
 from editthinker.lineage import make_lineage
 from editthinker.loop import Episode, EpisodeStart, run_episodes
 from editthinker.records import TRAJECTORY_SCHEMA, iter_rows, read_manifest, write_dataset
 from editthinker.stages import sections_of
+from editthinker.storage import writer_lock
 from editthinker.usage import Usage, api_usage, sum_usage
 from editthinker.world.scene import render_png
 from editthinker.world.tasks import Task, make_tasks
 
 SECTIONS = sections_of("generate")
-CHUNK = 64  # episodes run in lockstep, so batched backends batch
+CHUNK = 64  # episodes run in lockstep, so batched backends batch; a chunk succeeds or fails whole
+
+
+class GenerationFailed(RuntimeError):
+    """A chunk of episodes could not be generated (an API call failed after its retries); nothing was written."""
 
 
 def trajectory_rows(task: Task, editor: str, episode: Episode) -> Iterator[dict[str, Any]]:
@@ -77,7 +88,15 @@ def _generate_rows(params: Params, indices: range) -> tuple[list[dict[str, Any]]
                 )
                 for i, t in chunk
             ]
-            episodes = run_episodes(starts, editors[name], expert, judge, g.max_turns)
+            try:
+                episodes = run_episodes(starts, editors[name], expert, judge, g.max_turns)
+            except OpenAICallError as exc:
+                bar.close()
+                raise GenerationFailed(
+                    f"generate: the chunk of editor {name!r}, tasks {chunk[0][1].task_id}..{chunk[-1][1].task_id}, "
+                    f"failed and nothing was written (a rerun repeats it; answered calls come from the request "
+                    f"cache): {exc}"
+                ) from exc
             for (_, t), e in zip(chunk, episodes, strict=True):
                 rows.extend(trajectory_rows(t, name, e))
             bar.update(len(chunk))
@@ -103,8 +122,9 @@ def _write(params: Params, out_dir: Path, rows: list[dict[str, Any]], models: di
 
 
 def run(params: Params, out_dir: Path) -> dict[str, Any]:
-    rows, models, usage = _generate_rows(params, range(params.generate.num_tasks))
-    return _write(params, out_dir, rows, models, usage)
+    with writer_lock(out_dir):
+        rows, models, usage = _generate_rows(params, range(params.generate.num_tasks))
+        return _write(params, out_dir, rows, models, usage)
 
 
 def shard_tasks(params: Params, shard: int) -> range:
@@ -121,18 +141,24 @@ def run_shard(params: Params, shard: int, out_dir: Path) -> dict[str, Any]:
     `gather` over all shards' outputs writes the same dataset, byte for byte, as `run`.
     """
     indices = shard_tasks(params, shard)
-    rows, models, usage = _generate_rows(params, indices)
-    extra: dict[str, Any] = {
-        "generate_shard": {"shard": shard, "of": params.generate.shards, "tasks": [indices.start, indices.stop]},
-        "lineage": make_lineage("generate", params, SECTIONS, {}, models),
-    }
-    if usage:
-        extra["api_usage"] = usage
-    return write_dataset(out_dir, rows, TRAJECTORY_SCHEMA, max(1, len(rows)), extra)
+    with writer_lock(out_dir):
+        rows, models, usage = _generate_rows(params, indices)
+        extra: dict[str, Any] = {
+            "generate_shard": {"shard": shard, "of": params.generate.shards, "tasks": [indices.start, indices.stop]},
+            "lineage": make_lineage("generate", params, SECTIONS, {}, models),
+        }
+        if usage:
+            extra["api_usage"] = usage
+        return write_dataset(out_dir, rows, TRAJECTORY_SCHEMA, max(1, len(rows)), extra)
 
 
 def gather(params: Params, shard_dirs: list[Path], out_dir: Path) -> dict[str, Any]:
     """Join the outputs of `run_shard` for every shard (in any order) into the dataset `run` writes."""
+    with writer_lock(out_dir):
+        return _gather(params, shard_dirs, out_dir)
+
+
+def _gather(params: Params, shard_dirs: list[Path], out_dir: Path) -> dict[str, Any]:
     expected = make_lineage("generate", params, SECTIONS, {}, {})["params_sha256"]
     seen: dict[int, Path] = {}
     models: dict[str, str] | None = None

@@ -20,6 +20,7 @@ from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from editthinker.config import Params, RLParams
+from editthinker.lineage import verify_checkpoint
 from editthinker.models.vlm import kind_of, load_base
 from editthinker.records import iter_rows
 from editthinker.rewards import REWARDS, EditCallStats, make_context, trl_reward_func, weights_of
@@ -28,6 +29,7 @@ from editthinker.training import (
     LogHistory,
     close_work_dir,
     open_work_dir,
+    output_lock,
     prepare_model,
     run_key,
     save_checkpoint,
@@ -71,6 +73,12 @@ def vllm_settings(cfg: RLParams) -> dict[str, Any]:
 
 
 def run(params: Params, rl_data: Path, sft_checkpoint: Path, out_dir: Path, restart: bool = False) -> dict[str, Any]:
+    with output_lock(out_dir):
+        verify_checkpoint(Path(sft_checkpoint))  # before the samples are read: fail early
+        return _run(params, rl_data, sft_checkpoint, out_dir, restart)
+
+
+def _run(params: Params, rl_data: Path, sft_checkpoint: Path, out_dir: Path, restart: bool) -> dict[str, Any]:
     cfg = params.rl
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)

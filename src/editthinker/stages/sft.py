@@ -24,6 +24,7 @@ from editthinker.training import (
     LogHistory,
     close_work_dir,
     open_work_dir,
+    output_lock,
     prepare_model,
     run_key,
     save_checkpoint,
@@ -63,6 +64,11 @@ def base_id(base: str, revision: str | None, commit: str | None) -> str:
 
 
 def run(params: Params, sft_data: Path, out_dir: Path, restart: bool = False) -> dict[str, Any]:
+    with output_lock(out_dir):
+        return _run(params, sft_data, out_dir, restart)
+
+
+def _run(params: Params, sft_data: Path, out_dir: Path, restart: bool) -> dict[str, Any]:
     cfg = params.sft
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)

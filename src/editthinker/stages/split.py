@@ -15,6 +15,7 @@ from editthinker.lineage import make_lineage
 from editthinker.protocol import format_thinker_answer
 from editthinker.records import STEP_SAMPLE_SCHEMA, iter_rows, read_manifest, write_dataset
 from editthinker.stages import sections_of
+from editthinker.storage import writer_lock
 
 SECTIONS = sections_of("split")
 ROWS_PER_SHARD = 4096
@@ -88,6 +89,12 @@ def balance(samples: list[dict[str, Any]], max_ratio: float, seed: int) -> list[
 
 
 def run(params: Params, filtered: Path, sft_dir: Path, rl_dir: Path) -> dict[str, Any]:
+    """Every shard read is checked against the manifest; the lineage records the hash of what was verified."""
+    with writer_lock(sft_dir), writer_lock(rl_dir):
+        return _run(params, filtered, sft_dir, rl_dir)
+
+
+def _run(params: Params, filtered: Path, sft_dir: Path, rl_dir: Path) -> dict[str, Any]:
     cfg = params.split
     trajectories = [unroll(sorted(g, key=lambda r: r["turn"])) for _, g in groupby(iter_rows(filtered), key=_tid)]
     trajectories = [t for t in trajectories if t]
@@ -97,7 +104,7 @@ def run(params: Params, filtered: Path, sft_dir: Path, rl_dir: Path) -> dict[str
         parts["rl" if samples[0]["trajectory_id"] in rl_ids else "sft"].extend(samples)
     models = read_manifest(filtered)["lineage"]["models"]
     lineage = make_lineage("split", params, SECTIONS, {"filtered": filtered}, models)
-    result = {}
+    result: dict[str, Any] = {"trajectories": len(trajectories), "rl_trajectories": len(rl_ids)}
     for name, out in (("sft", sft_dir), ("rl", rl_dir)):
         rows = [{**s, "split": name} for s in balance(parts[name], cfg.balance_max_group_ratio, cfg.seed)]
         extra = {"lineage": lineage, "unbalanced_rows": len(parts[name])}

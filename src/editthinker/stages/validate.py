@@ -212,11 +212,13 @@ def run(params: Params, trajectories: Path, sft: Path, rl: Path, report_dir: Pat
     for name in DATASETS:
         results[name] = _validate_one(context, name, paths[name], suites[name](), images)
 
+    readable = {name: p for name, p in paths.items() if "error" not in results[name]}
     report = {
         "success": all(r["success"] for r in results.values()),
         "datasets": results,
         "image_size": params.world.image_size,
-        "lineage": make_lineage("validate", params, sections_of("validate"), paths, {}),
+        # the hashes of the datasets read and verified (an unreadable one is reported above, with its error)
+        "lineage": make_lineage("validate", params, sections_of("validate"), readable, {}),
     }
     with atomic_dir(Path(report_dir)) as tmp:
         write_json(tmp / REPORT_FILE, report)
