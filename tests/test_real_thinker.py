@@ -26,6 +26,7 @@ from editthinker.models.tiny_vlm import MODEL_KIND, QWEN3_KIND, build_tiny_qwen3
 from editthinker.models.vlm import checkpoint_id, save_thinker
 from editthinker.records import STEP_SAMPLE_SCHEMA, write_dataset
 from editthinker.roles import ThinkRequest
+from editthinker.storage import CHECKSUMS_FILE
 from editthinker.training import last_checkpoint, work_dir
 from test_training import step_samples
 
@@ -54,6 +55,7 @@ def bases(tmp_path_factory) -> dict[str, Path]:
         model, processor = build(CFG, seed=5)
         save_thinker(model, processor, root / family, kind)
         (root / family / vlm.THINKER_FILE).unlink()  # a release has no thinker.json: its family is read from config
+        (root / family / CHECKSUMS_FILE).unlink()  # nor our checksums
         out[family] = root / family
     return out
 

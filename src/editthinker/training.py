@@ -206,7 +206,8 @@ def last_checkpoint(work: Path) -> Path | None:
 
 
 def open_work_dir(work: Path, restart: bool) -> Path | None:
-    """Prepare the run's checkpoint folder; the checkpoint to resume from, or None. `restart` starts over."""
+    """Prepare the run's checkpoint folder; the checkpoint to resume from, or None. `restart` starts over.
+    Call it once the Trainer exists (it sets up the processes a launch runs, which wait here for the main one)."""
     state = PartialState()
     if state.is_main_process:
         if restart and work.exists():
@@ -318,8 +319,15 @@ def series(logs: list[dict[str, float]], key: str) -> list[float]:
 def output_lock(out_dir: Path) -> Iterator[None]:
     """The writer lock of a training stage's output, held by the process that writes it (the main one under
     `accelerate launch`) from the start of training: a second run of the same output fails at once."""
-    with writer_lock(Path(out_dir)) if PartialState().is_main_process else nullcontext():
+    with writer_lock(Path(out_dir)) if launch_rank() == 0 else nullcontext():
         yield
+
+
+def launch_rank() -> int:
+    """This process's rank under `accelerate launch` / torchrun (RANK), 0 without a launcher. Read from the
+    environment: before the Trainer sets up the process group, accelerate's PartialState may not know it yet
+    (on CPUs it can report a single process in every rank)."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def _final_state_dict(trainer: Any) -> dict[str, Any] | None:

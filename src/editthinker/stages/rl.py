@@ -86,7 +86,6 @@ def _run(params: Params, rl_data: Path, sft_checkpoint: Path, out_dir: Path, res
     dataset = thinker_dataset(samples, completion=False, keep=REWARD_COLUMNS)
     inputs = {"rl_data": Path(rl_data), "sft_checkpoint": Path(sft_checkpoint)}
     work = work_dir(Path(out_dir), "rl", run_key("rl", params, sections_of("rl"), inputs))
-    resume = open_work_dir(work, restart)
     quantization = cfg.lora.quantization if cfg.lora else "none"
     remote_code = params.thinker.trust_remote_code
     model, processor = load_base(str(sft_checkpoint), dtype=params.thinker.dtype, trust_remote_code=remote_code,
@@ -94,8 +93,6 @@ def _run(params: Params, rl_data: Path, sft_checkpoint: Path, out_dir: Path, res
     peft_config = prepare_model(model, cfg)
     model.train()
     ctx = make_context(params)
-    if resume is not None and (resume / EDIT_CALLS_FILE).is_file():
-        ctx.stats.load(json.loads((resume / EDIT_CALLS_FILE).read_text()))
     weights = weights_of(cfg.rewards)
     names = list(REWARDS)
     args = GRPOConfig(
@@ -117,6 +114,9 @@ def _run(params: Params, rl_data: Path, sft_checkpoint: Path, out_dir: Path, res
         callbacks=[LogHistory("rl"), SaveEditCalls(ctx.stats)],
         peft_config=peft_config,
     )
+    resume = open_work_dir(work, restart)  # after the Trainer: every process of a launch knows its rank
+    if resume is not None and (resume / EDIT_CALLS_FILE).is_file():
+        ctx.stats.load(json.loads((resume / EDIT_CALLS_FILE).read_text()))
     _, timing = train_timed(trainer, resume, "rl")
     logs = trainer.state.log_history
     rewards = series(logs, "reward")

@@ -76,13 +76,13 @@ def _run(params: Params, sft_data: Path, out_dir: Path, restart: bool) -> dict[s
     dataset = thinker_dataset(samples, completion=True)
     inputs = {"sft_data": Path(sft_data)}
     work = work_dir(Path(out_dir), "sft", run_key("sft", params, sections_of("sft"), inputs))
-    resume = open_work_dir(work, restart)
     model, processor, kind, models = start_thinker(params.thinker, cfg)
     peft_config = prepare_model(model, cfg)
     model.train()
     args = SFTConfig(**trainer_settings(cfg, "sft", work), completion_only_loss=True, max_length=cfg.max_length)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
                          callbacks=[LogHistory("sft")], peft_config=peft_config)  # fmt: skip
+    resume = open_work_dir(work, restart)  # after the Trainer: every process of a launch knows its rank
     result, timing = train_timed(trainer, resume, "sft")
     losses = series(trainer.state.log_history, "loss")
     metrics = {
