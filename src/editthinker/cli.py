@@ -144,7 +144,12 @@ def generate(
 
 
 @app.command()
-def prepare(params: ParamsOpt = DEFAULT_PARAMS, out: Path = Path("data/prepared")) -> None:
+def prepare(
+    params: ParamsOpt = DEFAULT_PARAMS,
+    out: Annotated[Path, _opt("output: tasks/, images/ (by sha256), quarantine.jsonl, prepared.json")] = Path(
+        "data/prepared"
+    ),
+) -> None:
     """Prepare the declared sources (params sources:) into tasks, an image store and a quarantine report."""
     from editthinker import prepare as prep
 

@@ -72,6 +72,12 @@ class LogHistory(TrainerCallback):
             self.logs.append({"step": state.global_step, **numbers})
 
 
+def is_main_process() -> bool:
+    """The process that writes outputs: rank 0 of a launch (the launcher's RANK, which also holds on CPUs, where
+    accelerate's state may not know the other processes), and accelerate's main process."""
+    return int(os.environ.get("RANK", "0")) == 0 and PartialState().is_main_process
+
+
 def run_settings() -> dict[str, Any]:
     """Trainer arguments both training stages share: the device, precision, logging and no checkpoints."""
     cuda = torch.cuda.is_available()
@@ -97,7 +103,7 @@ def dvclive_callback(log_dir: Path) -> TrainerCallback | None:
     under `log_dir`: `metrics.json` (last values), `plots/metrics/**/*.tsv` (curves by step), `params.yaml`
     (the trainer arguments). dvc.yaml declares the first two (`dvc metrics`, `dvc plots`), so it writes no
     dvc.yaml of its own and saves no experiment. Only the main process logs (None on the others)."""
-    if not PartialState().is_main_process:
+    if not is_main_process():
         return None
     from dvclive import Live
     from transformers.integrations import DVCLiveCallback
@@ -128,7 +134,7 @@ def series(logs: list[dict[str, float]], key: str) -> list[float]:
 def output_lock(out_dir: Path) -> Iterator[None]:
     """The writer lock of a training stage's output, held by the process that writes it (the main one under
     `accelerate launch`) from the start of training: a second run of the same output fails at once."""
-    with writer_lock(Path(out_dir)) if PartialState().is_main_process else nullcontext():
+    with writer_lock(Path(out_dir)) if is_main_process() else nullcontext():
         yield
 
 
@@ -136,7 +142,7 @@ def save_checkpoint(out_dir: Path, model, processor, stage: str, params: Params,
                     inputs: dict[str, Path], metrics: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     """Write the checkpoint, lineage.json and metrics.json into `out_dir` atomically (under `accelerate
     launch`, only the main process writes)."""
-    if not PartialState().is_main_process:
+    if not is_main_process():
         return metrics
     with atomic_dir(out_dir) as tmp:
         save_thinker(model, processor, tmp, params.thinker.kind)
