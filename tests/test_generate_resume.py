@@ -248,3 +248,27 @@ def test_kill_9_at_seeded_moments_and_resume_gives_the_uninterrupted_dataset(tmp
     assert kills >= 5 and max(resumed) > 0, resumed  # killed 5 times, and some run resumed finished units
     assert read_manifest(out)["dataset_sha256"] == reference["dataset_sha256"]
     assert not generate.units_root(out).exists()
+
+
+def test_a_retried_shard_resumes_its_units_and_gathers_to_the_run(tmp_path, monkeypatch) -> None:
+    params = parse_params({"generate": {"num_tasks": 13, "shards": 3, "unit_tasks": 3}})  # synthetic roles
+    direct = generate.run(params, tmp_path / "direct")
+    real, made = generate._unit_rows, []
+
+    def dying(p, roles, unit):  # type: ignore[no-untyped-def]
+        if len(made) == 1:
+            raise KeyboardInterrupt("killed")  # the pod dies in its second unit
+        made.append(unit)
+        return real(p, roles, unit)
+
+    monkeypatch.setattr(generate, "_unit_rows", dying)
+    dirs = [tmp_path / f"shard-{k}" for k in range(3)]
+    assert generate.unit_ranges(generate.shard_tasks(params, 1), 3) == [range(4, 6), range(6, 8)]
+    with pytest.raises(KeyboardInterrupt):
+        generate.run_shard(params, 1, dirs[1])
+    assert finished_units(dirs[1]) == {range(4, 6)}  # beside the shard's output
+    monkeypatch.setattr(generate, "_unit_rows", lambda p, roles, unit: made.append(unit) or real(p, roles, unit))
+    for k in range(3):
+        generate.run_shard(params, k, dirs[k])
+    assert made.count(range(4, 6)) == 1 and range(6, 8) in made  # the finished unit was not made again
+    assert generate.gather(params, dirs, tmp_path / "gathered") == direct

@@ -326,7 +326,8 @@ def run_shard(params: Params, shard: int, out_dir: Path, restart: bool = False) 
             "lineage": make_lineage("generate", params, SECTIONS, {}, done.models),
         }
         if done.manifests:  # the key range of its rows, so `gather` streams the shards one after another
-            extra["keys"] = [min(m["keys"][0] for m in done.manifests), max(m["keys"][1] for m in done.manifests)]
+            extra["keys"] = [min(tuple(m["keys"][0]) for m in done.manifests),
+                             max(tuple(m["keys"][1]) for m in done.manifests)]  # fmt: skip
         if done.usage:
             extra["api_usage"] = done.usage
         manifest = write_dataset(out_dir, done.iter_rows(), TRAJECTORY_SCHEMA, max(1, done.rows), extra)
