@@ -134,13 +134,18 @@ EvalDirOpt = Annotated[Path, _opt("evaluation folder (summary.json, summary.md, 
 
 @app.command()
 def generate(
-    params: ParamsOpt = DEFAULT_PARAMS, out: Annotated[Path, _opt("output trajectories dataset")] = Layout.trajectories
+    params: ParamsOpt = DEFAULT_PARAMS,
+    out: Annotated[Path, _opt("output trajectories dataset")] = Layout.trajectories,
+    restart: Annotated[
+        bool, _opt("start over: drop the finished units an earlier (killed or stopped) run left", "--restart")
+    ] = False,
 ) -> None:
-    """Generate trajectories: the expert plays the thinker over every editor."""
+    """Generate trajectories: the expert plays the thinker over every editor. A rerun resumes the finished units."""
     from editthinker.stages import generate as stage
 
     p = _params(params)
-    _stage("generate", lambda: stage.run(p, out), [out])
+    # a reached generate.budget fails too (exit 1), its message saying what was spent and how to continue
+    _stage("generate", lambda: stage.run(p, out, restart=restart), [out])
 
 
 @app.command()
