@@ -120,4 +120,8 @@ def test_a_stage_that_dies_midway_leaves_the_previous_output_intact(tmp_path, mo
         generate.run(parse_params({**SMALL, "generate": {**SMALL["generate"], "seed": 99}}), out)
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before
     assert read_manifest(out)["dataset_sha256"] == first["dataset_sha256"]
-    assert [x.name for x in tmp_path.iterdir()] == ["traj"]  # no temporary leftovers
+    # no temporary leftovers; the finished unit stays for a rerun to resume (tests/test_generate_resume.py)
+    assert sorted(x.name for x in tmp_path.iterdir()) == [".traj.units", "traj"]
+    kept = [x.relative_to(tmp_path / ".traj.units") for x in (tmp_path / ".traj.units").rglob("*")]
+    assert [x for x in kept if x.name.startswith(".")] == []
+    assert [x.name for x in kept if x.name.startswith("unit-")] == ["unit-000000000-000000040"]

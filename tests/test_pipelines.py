@@ -741,10 +741,11 @@ def test_kfp_local_data_pipeline_matches_in_process(tmp_path: Path, monkeypatch:
 def test_kfp_local_factory_promotes_only_when_the_challenger_wins(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The whole factory under kfp.local twice on one registry, caching on: the first run's challenger beats
-    the empty registry and is promoted. The second run takes data, training and evaluation from the cache,
-    runs challenge again (never cached), finds the checkpoint already champion, and the dsl.If skips promote:
-    the registry's decision log keeps one line."""
+    """The whole factory under kfp.local twice on one registry, caching on. The first run's challenge decides by
+    the paired rule (a tiny thinker on 4 items may or may not beat the editor alone): promote runs under the
+    dsl.If exactly when it wins. The second run takes data, training and evaluation from the cache, runs
+    challenge again (never cached), which cannot win again (already champion, or the same refused checkpoint),
+    so promote is skipped and the registry's decision log is unchanged."""
     from pipelines.factory import run_local
 
     data = tiny_params()
@@ -754,22 +755,25 @@ def test_kfp_local_factory_promotes_only_when_the_challenger_wins(
     registry = tmp_path / "registry"
 
     first = run_local(params, tmp_path / "run", registry=registry, enable_caching=True)
-    assert json.loads(Path(first["comparison"]).read_text())["beats_champion"] is True
+    won = json.loads(Path(first["comparison"]).read_text())["beats_champion"]
     summary = json.loads((Path(first["evaluation"]) / "summary.json").read_text())
     assert Path(first["summary"]).read_text() == (Path(first["evaluation"]) / "summary.md").read_text()
     logged = json.loads(Path(first["metrics"]).read_text())  # what the step logged as KFP metrics
     assert logged["challenger_overall"] == summary["challenger"]["overall"]
     assert logged["editor.success_rate"] == summary["systems"]["editor"]["all"]["success_rate"]
     reg = Registry(registry)
-    assert reg.champion() is not None and len(reg.decisions()) == 1
+    logged_decisions = len(reg.decisions()) if registry.exists() else 0
+    assert (reg.champion() is not None) is won if registry.exists() else not won
+    assert logged_decisions == (1 if won else 0)  # promote ran exactly when the challenger won
 
     second = run_local(params, tmp_path / "run", registry=registry, enable_caching=True)
     for cached in ("trajectories", "sft_data", "rl_checkpoint", "evaluation"):
         assert second[cached] == first[cached], cached  # a cache hit hands back the first run's artifact
     assert second["comparison"] != first["comparison"]  # challenge ran again
     comparison = json.loads(Path(second["comparison"]).read_text())
-    assert comparison["beats_champion"] is False and "already the champion" in comparison["reason"]
-    assert len(Registry(registry).decisions()) == 1  # promote did not run
+    assert comparison["beats_champion"] is False
+    assert ("already the champion" in comparison["reason"]) is won
+    assert (len(Registry(registry).decisions()) if registry.exists() else 0) == logged_decisions  # no promote
 
 
 def test_submit_without_a_registry_volume_warns(tmp_path: Path, fake_client: type[FakeClient]) -> None:

@@ -148,16 +148,26 @@ def generate(
     params: ParamsOpt = None,
     set_: SetOpt = None,
     out: Annotated[Path, _opt("output trajectories dataset")] = Layout.trajectories,
+    restart: Annotated[
+        bool, _opt("start over: drop the finished units an earlier (killed or stopped) run left", "--restart")
+    ] = False,
 ) -> None:
-    """Generate trajectories: the expert plays the thinker over every editor."""
+    """Generate trajectories: the expert plays the thinker over every editor. A rerun resumes the finished units."""
     from editthinker.stages import generate as stage
 
     p = _params(params, set_)
-    _stage("generate", lambda: stage.run(p, out), [out])
+    # a reached generate.budget fails too (exit 1), its message saying what was spent and how to continue
+    _stage("generate", lambda: stage.run(p, out, restart=restart), [out])
 
 
 @app.command()
-def prepare(params: ParamsOpt = None, set_: SetOpt = None, out: Path = Path("data/prepared")) -> None:
+def prepare(
+    params: ParamsOpt = None,
+    set_: SetOpt = None,
+    out: Annotated[Path, _opt("output: tasks/, images/ (by sha256), quarantine.jsonl, prepared.json")] = Path(
+        "data/prepared"
+    ),
+) -> None:
     """Prepare the declared sources (params sources:) into tasks, an image store and a quarantine report."""
     from editthinker import prepare as prep
 

@@ -171,11 +171,23 @@ class JudgeConfig(OpenAIAPIConfig):
         return self
 
 
+class GenerateBudget(_Strict):
+    """Limits on what generate spends on the expert's and the judge's APIs (null: no limit). Reaching one stops
+    the run at a unit boundary, resumable: a rerun with a larger budget continues. Not part of the data's
+    identity (a resume keys its finished units by the other generate params)."""
+
+    max_cost: float | None = Field(None, ge=0)  # in the currency of the price params (price_per_1k_*)
+    max_calls: int | None = Field(None, ge=0)  # calls answered by an API server (cache hits are free)
+
+
 class GenerateConfig(_Strict):
     seed: int = 1234
     num_tasks: int = Field(2000, ge=1)  # split across the editors, as the method splits its sources
     max_turns: int = Field(5, ge=1, le=16)
     shards: int = Field(2, ge=1)
+    # tasks per unit: the contiguous range of task indices written to disk as it finishes (what a rerun resumes)
+    unit_tasks: int = Field(64, ge=1)
+    budget: GenerateBudget = GenerateBudget()
 
 
 class FilterConfig(_Strict):

@@ -86,9 +86,16 @@ class SkipFinalCheckpoint(TrainerCallback):
         return control
 
 
+def is_main_process() -> bool:
+    """The process that writes outputs: rank 0 of a launch (the launcher's RANK, which also holds on CPUs, where
+    accelerate's state may not know the other processes), and accelerate's main process."""
+    return int(os.environ.get("RANK", "0")) == 0 and PartialState().is_main_process
+
+
 def world_size() -> int:
-    """Processes of this launch (1 without `accelerate launch`)."""
-    return int(PartialState().num_processes)
+    """Processes of this launch (1 without `accelerate launch`): the launcher's WORLD_SIZE, which holds before the
+    Trainer sets up the processes (as RANK does for `is_main_process`)."""
+    return int(os.environ.get("WORLD_SIZE") or PartialState().num_processes)
 
 
 def accumulation_steps(cfg: TrainingParams, section: str, processes: int) -> int:
@@ -209,7 +216,7 @@ def open_work_dir(work: Path, restart: bool) -> Path | None:
     """Prepare the run's checkpoint folder; the checkpoint to resume from, or None. `restart` starts over.
     Call it once the Trainer exists (it sets up the processes a launch runs, which wait here for the main one)."""
     state = PartialState()
-    if state.is_main_process:
+    if is_main_process():
         if restart and work.exists():
             shutil.rmtree(work)
         work.mkdir(parents=True, exist_ok=True)
@@ -223,7 +230,7 @@ def open_work_dir(work: Path, restart: bool) -> Path | None:
 
 def close_work_dir(work: Path) -> None:
     """The run's output is saved: its checkpoints go."""
-    if PartialState().is_main_process:
+    if is_main_process():
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -260,7 +267,7 @@ def dvclive_callback(log_dir: Path, start_step: int = 0) -> TrainerCallback | No
     (the trainer arguments). dvc.yaml declares the first two (`dvc metrics`, `dvc plots`), so it writes no
     dvc.yaml of its own and saves no experiment. A run resumed at `start_step` continues the curves from there.
     Only the main process logs (None on the others)."""
-    if not PartialState().is_main_process:
+    if not is_main_process():
         return None
     from dvclive import Live
     from transformers.integrations import DVCLiveCallback
@@ -319,15 +326,8 @@ def series(logs: list[dict[str, float]], key: str) -> list[float]:
 def output_lock(out_dir: Path) -> Iterator[None]:
     """The writer lock of a training stage's output, held by the process that writes it (the main one under
     `accelerate launch`) from the start of training: a second run of the same output fails at once."""
-    with writer_lock(Path(out_dir)) if launch_rank() == 0 else nullcontext():
+    with writer_lock(Path(out_dir)) if is_main_process() else nullcontext():
         yield
-
-
-def launch_rank() -> int:
-    """This process's rank under `accelerate launch` / torchrun (RANK), 0 without a launcher. Read from the
-    environment: before the Trainer sets up the process group, accelerate's PartialState may not know it yet
-    (on CPUs it can report a single process in every rank)."""
-    return int(os.environ.get("RANK", "0"))
 
 
 def _final_state_dict(trainer: Any) -> dict[str, Any] | None:
@@ -351,7 +351,7 @@ def save_checkpoint(out_dir: Path, model, processor, stage: str, params: Params,
     as its adapter under `adapter/` and, merged into its base, as the checkpoint itself; `merge_base` reloads an
     unquantized base to merge into (QLoRA), else the adapter merges into the model trained."""
     state_dict = _final_state_dict(trainer)
-    if not PartialState().is_main_process:
+    if not is_main_process():
         return metrics
     with atomic_dir(out_dir) as tmp:
         if hasattr(model, "merge_and_unload"):  # a peft model

@@ -1,13 +1,32 @@
 """Stage 1, generate: multi-turn edit trajectories, the expert playing the thinker, over all editors.
 
+Generation works in units: fixed, contiguous ranges of `generate.unit_tasks` task indices. Each finished unit
+is written to disk at once (atomically) in a work folder beside the output, `.<output name>.units/<key>/`,
+keyed by the params that decide the data (generate's sections but `generate.budget`), so other params never
+resume it. A rerun after a kill (at any moment) loads the finished units instead of generating them again, so
+no expert, judge or editor request of a finished unit is repeated; only the unit in progress is redone. When
+every unit is done, the dataset is assembled from the units (streamed: memory holds one unit, and one output
+shard while it is written) with the same rows, order and shards as an uninterrupted run, byte for byte, and the
+work folder is removed. `restart=True` (CLI `--restart`) throws the finished units away first.
+
+`generate.budget` limits the API cost and calls: checked before each unit, reaching it stops the run
+(`BudgetReached`) with every finished unit kept; a rerun with a larger budget continues.
+
 API faults never change the data: a call of the expert or the judge that still fails after its retries fails
-its chunk of episodes (`GenerationFailed`, naming the editor and the tasks), and with it the run, which writes
-nothing; a rerun does the chunk again, every call answered before coming from the request cache.
+its unit (`GenerationFailed`, naming the editor and the tasks), and with it the run, which writes no dataset;
+the finished units stay, and a rerun does the failed unit again, every call answered before coming from the
+request cache.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+import heapq
+import itertools
+import json
+import shutil
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +35,7 @@ from tqdm import tqdm
 from editthinker.backends.factory import build_editors, build_expert, build_judge
 from editthinker.backends.openai_api import OpenAICallError
 from editthinker.config import Params
-from editthinker.lineage import make_lineage
+from editthinker.lineage import code_version, make_lineage
 from editthinker.loop import Episode, EpisodeStart, run_episodes
 from editthinker.records import TRAJECTORY_SCHEMA, iter_rows, read_manifest, write_dataset
 from editthinker.stages import sections_of
@@ -30,7 +49,12 @@ CHUNK = 64  # episodes run in lockstep, so batched backends batch; a chunk succe
 
 
 class GenerationFailed(RuntimeError):
-    """A chunk of episodes could not be generated (an API call failed after its retries); nothing was written."""
+    """A chunk of episodes could not be generated (an API call failed after its retries); its unit was not
+    written (the finished units were)."""
+
+
+class BudgetReached(RuntimeError):
+    """`generate.budget` was reached: the run stopped at a unit boundary; its finished units stay for a rerun."""
 
 
 def trajectory_rows(task: Task, editor: str, episode: Episode) -> Iterator[dict[str, Any]]:
@@ -62,56 +86,205 @@ def trajectory_rows(task: Task, editor: str, episode: Episode) -> Iterator[dict[
         }
 
 
-def _generate_rows(params: Params, indices: range) -> tuple[list[dict[str, Any]], dict[str, str], Usage]:
-    """Trajectory rows of the world tasks at `indices`, sorted, the model ids that made them and API usage.
+def unit_ranges(indices: range, unit_tasks: int) -> list[range]:
+    """The units of the task indices `indices`: the fixed grid of `unit_tasks`-wide index ranges (0, then
+    `unit_tasks`, ...), cut to `indices`. The grid does not depend on `indices`, so a run and its shards agree."""
+    if not indices:
+        return []
+    first = indices.start // unit_tasks * unit_tasks
+    return [
+        range(max(s, indices.start), min(s + unit_tasks, indices.stop)) for s in range(first, indices.stop, unit_tasks)
+    ]
+
+
+def resume_key(params: Params) -> str:
+    """What finished units are valid for: generate's sections but `generate.budget`, and the stage's code."""
+    dump = params.model_dump(mode="json")
+    picked = {k: dump[k] for k in SECTIONS}
+    picked["generate"] = {k: v for k, v in picked["generate"].items() if k != "budget"}
+    picked["code_version"] = code_version(__name__)
+    return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def units_root(out_dir: Path) -> Path:
+    """The folder beside output `out_dir` that holds its finished units, one subfolder per `resume_key`."""
+    out_dir = Path(out_dir).absolute()
+    return out_dir.with_name(f".{out_dir.name}.units")
+
+
+def _unit_dir(work: Path, unit: range) -> Path:
+    return work / f"unit-{unit.start:09d}-{unit.stop:09d}"
+
+
+def _row_key(row: dict[str, Any]) -> tuple[str, int]:
+    return row["trajectory_id"], row["turn"]
+
+
+@dataclass
+class _Roles:
+    """The editors, the expert and the judge of a run: built once, at the first unit that needs them."""
+
+    editors: dict[str, Any]
+    expert: Any
+    judge: Any
+
+    @classmethod
+    def build(cls, params: Params) -> _Roles:
+        return cls(build_editors(params), build_expert(params.expert, params.generate.seed), build_judge(params.judge))
+
+    def models(self) -> dict[str, str]:
+        models = {f"editor:{n}": e.model_id for n, e in self.editors.items()}
+        models.update(expert=self.expert.model_id, judge=self.judge.model_id)
+        return models
+
+    def usage(self) -> Usage:
+        return api_usage(expert=self.expert, judge=self.judge)
+
+
+def _usage_since(now: Usage, before: Usage) -> Usage:
+    """What the roles' counters grew by between two `api_usage` snapshots."""
+    return {
+        role: {k: round(v - before.get(role, {}).get(k, 0), 6) for k, v in counts.items()}
+        for role, counts in now.items()
+    }
+
+
+def _unit_rows(params: Params, roles: _Roles, unit: range) -> list[dict[str, Any]]:
+    """Trajectory rows of the world tasks of `unit`, sorted.
 
     A task's episode depends only on the task, its editor (task index modulo the number of editors) and the
     seeds, never on which other tasks run beside it: any partition of the tasks gives the same rows.
     """
-    g = params.generate
-    editors = build_editors(params)
-    expert = build_expert(params.expert, g.seed)
-    judge = build_judge(params.judge)
-    names = list(editors)
-    w = params.world
-    tasks = make_tasks(g.seed, indices, w.min_shapes, w.max_shapes, w.styles)
+    g, w = params.generate, params.world
+    names = list(roles.editors)
+    tasks = make_tasks(g.seed, unit, w.min_shapes, w.max_shapes, w.styles)
     rows: list[dict[str, Any]] = []
-    bar = tqdm(total=len(indices), desc="generate", unit="traj", disable=None)
     for name in names:
         # split across editors
-        mine = [(i, tasks[i]) for i in indices if i % len(names) == names.index(name)]
+        mine = [(i, tasks[i]) for i in unit if i % len(names) == names.index(name)]
         for k in range(0, len(mine), CHUNK):
             chunk = mine[k : k + CHUNK]
             starts = [
-                EpisodeStart(
-                    t.task_id, render_png(t.source, params.world.image_size), t.instruction, i, t.target.to_json()
-                )
+                EpisodeStart(t.task_id, render_png(t.source, w.image_size), t.instruction, i, t.target.to_json())
                 for i, t in chunk
             ]
             try:
-                episodes = run_episodes(starts, editors[name], expert, judge, g.max_turns)
+                episodes = run_episodes(starts, roles.editors[name], roles.expert, roles.judge, g.max_turns)
             except OpenAICallError as exc:
-                bar.close()
                 raise GenerationFailed(
                     f"generate: the chunk of editor {name!r}, tasks {chunk[0][1].task_id}..{chunk[-1][1].task_id}, "
-                    f"failed and nothing was written (a rerun repeats it; answered calls come from the request "
-                    f"cache): {exc}"
+                    f"failed and its unit was not written (a rerun repeats it; answered calls come from the "
+                    f"request cache): {exc}"
                 ) from exc
             for (_, t), e in zip(chunk, episodes, strict=True):
                 rows.extend(trajectory_rows(t, name, e))
-            bar.update(len(chunk))
-    bar.close()
-    rows.sort(key=lambda r: (r["trajectory_id"], r["turn"]))
-    models = {f"editor:{n}": e.model_id for n, e in editors.items()}
-    models.update(expert=expert.model_id, judge=judge.model_id)
-    return rows, models, api_usage(expert=expert, judge=judge)
+    rows.sort(key=_row_key)
+    return rows
 
 
-def _write(params: Params, out_dir: Path, rows: list[dict[str, Any]], models: dict[str, str],
+def _spent(usage: Usage) -> tuple[float, int]:
+    """(cost, calls) of `usage`, over its roles."""
+    return sum(c.get("cost_usd", 0) for c in usage.values()), int(sum(c.get("calls", 0) for c in usage.values()))
+
+
+def _budget_reached(params: Params, usage: Usage, done: int, total: int) -> str | None:
+    """The message that stops the run when `usage` has reached `generate.budget`, else None."""
+    b = params.generate.budget
+    cost, calls = _spent(usage)
+    if not ((b.max_cost is not None and cost >= b.max_cost) or (b.max_calls is not None and calls >= b.max_calls)):
+        return None
+    limits = []
+    if b.max_cost is not None:
+        limits.append(f"cost {cost:.6g} of {b.max_cost:g} ({max(0.0, b.max_cost - cost):.6g} left)")
+    if b.max_calls is not None:
+        limits.append(f"{calls} of {b.max_calls} calls ({max(0, b.max_calls - calls)} left)")
+    return (
+        f"budget reached: spent {' and '.join(limits)}, {done} of {total} units done; "
+        f"rerun with a larger generate.budget to continue"
+    )
+
+
+@dataclass
+class _Finished:
+    """Every unit of a run, finished on disk: where, the model ids that made them and their API usage."""
+
+    unit_dirs: list[Path]
+    manifests: list[dict[str, Any]]
+    models: dict[str, str]
+    usage: Usage
+
+    @property
+    def rows(self) -> int:
+        return sum(int(m["rows"]) for m in self.manifests)
+
+    def iter_rows(self) -> Iterator[dict[str, Any]]:
+        """The rows of every unit in dataset order, one unit in memory at a time (a k-way merge when the
+        units' key ranges interleave, which the task ids' fixed width keeps from happening below 10**6 tasks)."""
+        return _sorted_stream([(tuple(m["keys"][0]), tuple(m["keys"][1]), d) for m, d in
+                               zip(self.manifests, self.unit_dirs, strict=True)])  # fmt: skip
+
+
+def _sorted_stream(parts: list[tuple[tuple[Any, ...], tuple[Any, ...], Path]]) -> Iterator[dict[str, Any]]:
+    """The rows of datasets each sorted by `_row_key`, given with their (first key, last key), merged in order."""
+    parts = sorted(parts, key=lambda p: p[0])
+    if all(a[1] < b[0] for a, b in itertools.pairwise(parts)):
+        return itertools.chain.from_iterable(iter_rows(d) for _, _, d in parts)
+    return heapq.merge(*(iter_rows(d) for _, _, d in parts), key=_row_key)
+
+
+def _generate_units(params: Params, indices: range, out_dir: Path, restart: bool) -> _Finished:
+    """Generate every unit of `indices` not yet finished beside `out_dir` (all of them after `restart`)."""
+    root = units_root(out_dir)
+    if restart and root.exists():
+        shutil.rmtree(root)
+    work = root / resume_key(params)
+    units = unit_ranges(indices, params.generate.unit_tasks)
+    dirs = [_unit_dir(work, u) for u in units]
+    manifests: dict[int, dict[str, Any]] = {}
+    for k, d in enumerate(dirs):
+        if (d / "manifest.json").exists():
+            manifests[k] = read_manifest(d)
+    roles: _Roles | None = None
+    usage = sum_usage([m.get("api_usage", {}) for m in manifests.values()])
+    bar = tqdm(total=len(indices), initial=sum(len(units[k]) for k in manifests), desc="generate", unit="traj",
+               disable=None)  # fmt: skip
+    if manifests:
+        tqdm.write(f"generate: resuming, {len(manifests)} of {len(units)} units done in {work}")
+    try:
+        for k, (unit, d) in enumerate(zip(units, dirs, strict=True)):
+            bar.set_postfix(units=f"{len(manifests)}/{len(units)}", spent=f"{_spent(usage)[0]:.4g}")
+            if k in manifests:
+                continue
+            stop = _budget_reached(params, usage, len(manifests), len(units))
+            if stop is not None:
+                raise BudgetReached(f"{stop} (finished units in {work})")
+            roles = roles or _Roles.build(params)
+            before = roles.usage()
+            rows = _unit_rows(params, roles, unit)
+            spent = _usage_since(roles.usage(), before)
+            extra = {"generate_unit": [unit.start, unit.stop], "keys": [_row_key(rows[0]), _row_key(rows[-1])],
+                     "models": roles.models(), "api_usage": spent}  # fmt: skip
+            manifests[k] = write_dataset(d, rows, TRAJECTORY_SCHEMA, max(1, len(rows)), extra)
+            usage = sum_usage([usage, spent])
+            bar.update(len(unit))
+        bar.set_postfix(units=f"{len(manifests)}/{len(units)}", spent=f"{_spent(usage)[0]:.4g}")
+    finally:
+        bar.close()
+    ordered = [manifests[k] for k in range(len(units))]
+    if roles is None and not ordered:  # a shard without tasks
+        roles = _Roles.build(params)
+    models = roles.models() if roles is not None else ordered[0]["models"]
+    for d, m in zip(dirs, ordered, strict=True):
+        if m["models"] != models:
+            raise ValueError(f"generate: unit {d} was made by other models ({m['models']} != {models})")
+    return _Finished(dirs, ordered, models, usage)
+
+
+def _write(params: Params, out_dir: Path, rows: Iterable[dict[str, Any]], n_rows: int, models: dict[str, str],
            usage: Usage) -> dict[str, Any]:  # fmt: skip
+    """The dataset of all tasks from `rows` (in dataset order), in `generate.shards` shards."""
     g = params.generate
-    rows.sort(key=lambda r: (r["trajectory_id"], r["turn"]))
-    per_shard = max(1, -(-len(rows) // g.shards))
+    per_shard = max(1, -(-n_rows // g.shards))
     extra: dict[str, Any] = {
         "lineage": make_lineage("generate", params, SECTIONS, {}, models),
         "trajectories": g.num_tasks,
@@ -121,10 +294,14 @@ def _write(params: Params, out_dir: Path, rows: list[dict[str, Any]], models: di
     return write_dataset(out_dir, rows, TRAJECTORY_SCHEMA, per_shard, extra)
 
 
-def run(params: Params, out_dir: Path) -> dict[str, Any]:
+def run(params: Params, out_dir: Path, restart: bool = False) -> dict[str, Any]:
+    """The trajectories of all tasks at `out_dir`, resuming the finished units of an earlier run of the same
+    params (`restart`: generate every unit again)."""
     with writer_lock(out_dir):
-        rows, models, usage = _generate_rows(params, range(params.generate.num_tasks))
-        return _write(params, out_dir, rows, models, usage)
+        done = _generate_units(params, range(params.generate.num_tasks), out_dir, restart)
+        manifest = _write(params, out_dir, done.iter_rows(), done.rows, done.models, done.usage)
+        shutil.rmtree(units_root(out_dir), ignore_errors=True)
+        return manifest
 
 
 def shard_tasks(params: Params, shard: int) -> range:
@@ -135,21 +312,27 @@ def shard_tasks(params: Params, shard: int) -> range:
     return range(shard * g.num_tasks // g.shards, (shard + 1) * g.num_tasks // g.shards)
 
 
-def run_shard(params: Params, shard: int, out_dir: Path) -> dict[str, Any]:
+def run_shard(params: Params, shard: int, out_dir: Path, restart: bool = False) -> dict[str, Any]:
     """One generation shard (for a fan-out): the rows of `shard_tasks(params, shard)`, as one parquet file.
 
-    `gather` over all shards' outputs writes the same dataset, byte for byte, as `run`.
+    Its units live beside `out_dir` until it is written, so a retried shard resumes them. `gather` over all
+    shards' outputs writes the same dataset, byte for byte, as `run`.
     """
     indices = shard_tasks(params, shard)
     with writer_lock(out_dir):
-        rows, models, usage = _generate_rows(params, indices)
+        done = _generate_units(params, indices, out_dir, restart)
         extra: dict[str, Any] = {
             "generate_shard": {"shard": shard, "of": params.generate.shards, "tasks": [indices.start, indices.stop]},
-            "lineage": make_lineage("generate", params, SECTIONS, {}, models),
+            "lineage": make_lineage("generate", params, SECTIONS, {}, done.models),
         }
-        if usage:
-            extra["api_usage"] = usage
-        return write_dataset(out_dir, rows, TRAJECTORY_SCHEMA, max(1, len(rows)), extra)
+        if done.manifests:  # the key range of its rows, so `gather` streams the shards one after another
+            extra["keys"] = [min(tuple(m["keys"][0]) for m in done.manifests),
+                             max(tuple(m["keys"][1]) for m in done.manifests)]  # fmt: skip
+        if done.usage:
+            extra["api_usage"] = done.usage
+        manifest = write_dataset(out_dir, done.iter_rows(), TRAJECTORY_SCHEMA, max(1, done.rows), extra)
+        shutil.rmtree(units_root(out_dir), ignore_errors=True)
+        return manifest
 
 
 def gather(params: Params, shard_dirs: list[Path], out_dir: Path) -> dict[str, Any]:
@@ -162,7 +345,8 @@ def _gather(params: Params, shard_dirs: list[Path], out_dir: Path) -> dict[str, 
     expected = make_lineage("generate", params, SECTIONS, {}, {})["params_sha256"]
     seen: dict[int, Path] = {}
     models: dict[str, str] | None = None
-    rows: list[dict[str, Any]] = []
+    parts: list[tuple[tuple[Any, ...], tuple[Any, ...], Path]] = []
+    n_rows = 0
     usages = []
     for d in shard_dirs:
         manifest = read_manifest(Path(d))
@@ -177,8 +361,10 @@ def _gather(params: Params, shard_dirs: list[Path], out_dir: Path) -> dict[str, 
         if models is not None and lineage["models"] != models:
             raise ValueError(f"generate: shard {d} was made by other models ({lineage['models']} != {models})")
         seen[info["shard"]], models = Path(d), lineage["models"]
-        rows.extend(iter_rows(Path(d)))
+        first, last = manifest.get("keys") or [("", -1), ("\U0010ffff", 0)]  # unknown: merged with the others
+        parts.append((tuple(first), tuple(last), Path(d)))
+        n_rows += int(manifest["rows"])
     missing = sorted(set(range(params.generate.shards)) - set(seen))
     if missing:
         raise ValueError(f"generate: shards {missing} of {params.generate.shards} are missing")
-    return _write(params, out_dir, rows, models or {}, sum_usage(usages))
+    return _write(params, out_dir, _sorted_stream(parts), n_rows, models or {}, sum_usage(usages))
