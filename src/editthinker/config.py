@@ -450,8 +450,9 @@ class PrepareConfig(_Strict):
     images_per_shard: int = Field(256, ge=1)
 
 
-PIPELINE_STEPS = ("generate", "gather", "filter", "split", "validate", "sft", "rl", "evaluate", "benchmark", "challenge",
-                  "promote")  # fmt: skip
+PIPELINE_STEPS = (
+    "generate", "gather", "filter", "split", "validate", "sft", "rl", "evaluate", "benchmark", "challenge", "promote",
+)  # fmt: skip
 _K8S_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 
 
