@@ -1,8 +1,9 @@
 """`make bench`: prints the factory's speed and memory figures.
 
 1. generation throughput (trajectories/s), in-process;
-2. filter + unroll + validate throughput (step samples/s) on >= 100k synthetic trajectory rows
-   (real generated trajectories replicated under new ids);
+2. filter + split + validate throughput (rows/s, step samples/s) and peak RSS per stage (each in its own process)
+   on >= 1,000,000 trajectory rows (real generated trajectories replicated under new ids); with --baseline-src,
+   the same for another checkout's src/ and the ratio;
 3. API throughput: expert calls/s and public-benchmark items/s at concurrency 1 and 16 against a 50 ms stub;
 4. the demo (`editthinker run`) in a scratch copy: wall time and peak RSS per stage, SFT and RL steps/s;
 5. a no-op `dvc repro` over the demo's outputs (after `dvc commit` records them).
@@ -25,9 +26,8 @@ from pathlib import Path
 import yaml
 
 from editthinker.config import Params, load_params, parse_params
-from editthinker.records import TRAJECTORY_SCHEMA, iter_rows, write_dataset
-from editthinker.stages import filter as filter_stage
-from editthinker.stages import generate, split, validate
+from editthinker.records import TRAJECTORY_SCHEMA, iter_tables, write_tables
+from editthinker.stages import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 # --quick: every stage at a tiny size (a smoke run of the whole script, a minute or two on 2 cores)
@@ -57,32 +57,79 @@ def bench_generate(work: Path, params: Params, tasks: int) -> Path:
     return work / "gen"
 
 
-def bench_data_path(work: Path, params: Params, seed_data: Path, rows_target: int) -> None:
-    base = list(iter_rows(seed_data))
+_STAGE_SCRIPT = """
+import json, resource, sys, time
+from pathlib import Path
+from editthinker.config import load_params
+from editthinker.stages import filter as filter_stage, split, validate
+params_path, stage, work = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+params = load_params(Path(params_path))
+t0 = time.perf_counter()
+if stage == "filter":
+    out = filter_stage.run(params, work / "big", work / "filt")["rows"]
+elif stage == "split":
+    parts = split.run(params, work / "filt", work / "sft", work / "rl")
+    out = parts["sft"]["rows"] + parts["rl"]["rows"]
+else:
+    report = validate.run(params, work / "big", work / "sft", work / "rl", work / "report")
+    out = report["datasets"]["trajectories"]["rows"]
+wall = time.perf_counter() - t0
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"wall_s": wall, "rows_out": out, "peak_rss_mib": peak}))
+"""
+
+
+def replicate(seed_data: Path, out: Path, rows_target: int) -> int:
+    """A trajectory dataset of >= rows_target rows: the generated trajectories again and again under new ids
+    (built in Arrow, a shard of 20,000 rows at a time)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    base = pa.concat_tables(list(iter_tables(seed_data)))
     copies = -(-rows_target // len(base))
 
-    def replicated():
+    def tables():
         for c in range(copies):
-            for r in base:
-                yield {**r, "trajectory_id": f"{r['trajectory_id']}-c{c:04d}", "task_id": f"{r['task_id']}-c{c:04d}"}
+            t = base
+            for col in ("trajectory_id", "task_id"):
+                renamed = pc.binary_join_element_wise(t.column(col), pa.scalar(f"c{c:04d}"), "-")
+                t = t.set_column(t.schema.get_field_index(col), col, renamed)
+            yield t
 
-    big = work / "big"
-    manifest = write_dataset(big, replicated(), TRAJECTORY_SCHEMA, 20_000, {"lineage": {"models": {}}})
-    rows = manifest["rows"]
-    t0 = time.perf_counter()
-    filter_stage.run(params, big, work / "filt")
-    t1 = time.perf_counter()
-    parts = split.run(params, work / "filt", work / "sft", work / "rl")
-    t2 = time.perf_counter()
-    validate.run(params, big, work / "sft", work / "rl", work / "report")
-    t3 = time.perf_counter()
-    samples = parts["sft"]["rows"] + parts["rl"]["rows"]
-    note = (
-        f"({rows} trajectory rows -> {samples} step samples; "
-        f"filter {t1 - t0:.1f} s, split {t2 - t1:.1f} s, validate {t3 - t2:.1f} s)"
-    )
-    line("filter+unroll+validate: step samples/s", samples / (t3 - t0), "samples/s", note)
-    line("filter+unroll+validate: trajectory rows/s", rows / (t3 - t0), "rows/s")
+    return write_tables(out, tables(), TRAJECTORY_SCHEMA, 20_000, {"lineage": {"models": {}}})["rows"]
+
+
+def run_stage(src: Path, params_path: Path, stage: str, work: Path) -> dict:
+    """One data stage in a fresh interpreter whose `editthinker` comes from `src`: wall time and peak RSS."""
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    cmd = [sys.executable, "-c", _STAGE_SCRIPT, str(params_path), stage, str(work)]
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def bench_data_path(work: Path, params_path: Path, seed_data: Path, rows_target: int, baseline: Path | None) -> None:
+    """filter, split and validate over >= rows_target trajectory rows, each stage in its own process (peak RSS
+    per stage). With `baseline` (the src/ folder of another checkout, e.g. a worktree of main), the same stages
+    of that implementation run on the same data afterwards, and the ratio is printed."""
+    rows = replicate(seed_data, work / "big", rows_target)
+    results: dict[str, dict[str, dict]] = {}
+    for label, src in (("this", ROOT / "src"), ("baseline", baseline)):
+        if src is None:
+            continue
+        for d in ("filt", "sft", "rl", "report"):
+            shutil.rmtree(work / d, ignore_errors=True)
+        results[label] = {stage: run_stage(src, params_path, stage, work) for stage in ("filter", "split", "validate")}
+    for label, stages in results.items():
+        total = sum(s["wall_s"] for s in stages.values())
+        samples = stages["split"]["rows_out"]
+        for stage, s in stages.items():
+            line(f"  {label} {stage}: wall / peak RSS", s["wall_s"], "s", f"{s['peak_rss_mib']:.0f} MiB")
+        note = f"({rows} trajectory rows -> {samples} step samples, {total:.1f} s)"
+        line(f"{label} filter+split+validate: trajectory rows/s", rows / total, "rows/s", note)
+        line(f"{label} filter+split+validate: step samples/s", samples / total, "samples/s")
+    if "baseline" in results:
+        this, base = (sum(s["wall_s"] for s in results[k].values()) for k in ("this", "baseline"))
+        line("data path speed-up over the baseline", base / this, "x", f"(baseline {base:.1f} s, this {this:.1f} s)")
 
 
 def bench_demo(work: Path, params_path: Path) -> Path:
@@ -183,7 +230,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     ap.add_argument("--gen-tasks", type=int, default=200)
-    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--rows", type=int, default=1_000_000, help="trajectory rows of the data-path bench")
+    ap.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        help="src/ of another checkout (e.g. a worktree of main): its data path runs too, for the ratio",
+    )
     ap.add_argument("--api-calls", type=int, default=96)
     ap.add_argument("--quick", action="store_true", help="every part at a tiny size: a smoke run, not figures")
     ap.add_argument("--skip-demo", action="store_true")
@@ -197,7 +250,7 @@ def main() -> None:
             args.gen_tasks, args.rows, args.api_calls = 24, 2_000, 16
         params = load_params(params_path)
         seed_data = bench_generate(work, params, args.gen_tasks)
-        bench_data_path(work, params, seed_data, args.rows)
+        bench_data_path(work, params_path, seed_data, args.rows, args.baseline_src)
         if not args.skip_api:
             bench_expert_api(args.api_calls)
             print("public benchmark run + score, 50 ms stub judge (bench/benchmark_throughput.py):", flush=True)

@@ -29,6 +29,7 @@ from kfp import compiler, dsl, local
 from kfp.dsl import Artifact, Dataset, Markdown, Metrics, Model
 from kfp.dsl.graph_component import GraphComponent
 
+from components.benchmark.component import benchmark
 from components.challenge.component import challenge
 from components.evaluate.component import evaluate
 from components.filter.component import filter as filter_
@@ -38,7 +39,7 @@ from components.rl.component import rl
 from components.sft.component import sft
 from components.split.component import split
 from components.validate.component import validate
-from editthinker.config import Params
+from editthinker.config import BENCHMARK_NAMES, Params
 from editthinker.stages import stage_params
 from pipelines.platform import apply, training_launch
 
@@ -128,19 +129,42 @@ def _train_steps(params: Params, p: dict[str, Any], sft_data: Any, rl_data: Any,
         evaluate(params_json=p["evaluate"], sft_checkpoint=checkpoint, rl_checkpoint=rl_checkpoint), "evaluate", k8s
     )
     evaluation = t["evaluate"].outputs["evaluation"]
+    gated = _benchmark_steps(params, p, rl_checkpoint, t)
     t["challenge"] = apply(
-        challenge(params_json=p["promote"], checkpoint=rl_checkpoint, evaluation=evaluation, registry=registry),
+        challenge(
+            params_json=p["promote"], checkpoint=rl_checkpoint, evaluation=evaluation, registry=registry, **gated
+        ),
         "challenge",
         k8s,
     )
     beats_champion = t["challenge"].outputs["Output"]
     with dsl.If(beats_champion == True, name="beats-champion"):  # noqa: E712
         t["promote"] = apply(
-            promote(params_json=p["promote"], checkpoint=rl_checkpoint, evaluation=evaluation, registry=registry),
+            promote(
+                params_json=p["promote"], checkpoint=rl_checkpoint, evaluation=evaluation, registry=registry, **gated
+            ),
             "promote",
             k8s,
         )
     return t
+
+
+def _benchmark_steps(params: Params, p: dict[str, Any], rl_checkpoint: Any, t: dict[str, Any]) -> dict[str, Any]:
+    """One step per public benchmark that params give data for (in parallel with evaluate), each with the
+    benchmark step's settings (its GPU editor, the API secret); returns the challenge/promote inputs of the gate
+    that params.benchmarks.gate names (none without a gate)."""
+    for name in BENCHMARK_NAMES:
+        if getattr(params.benchmarks, name).data:
+            task = benchmark(params_json=p["benchmark"], benchmark=name, checkpoint=rl_checkpoint)
+            t[f"benchmark-{name}"] = apply(task.set_display_name(f"benchmark-{name}"), "benchmark", params.kubernetes)
+    gate = params.benchmarks.gate
+    if gate is None:
+        return {}
+    if f"benchmark-{gate.benchmark}" not in t:
+        raise ValueError(
+            f"benchmarks.gate names {gate.benchmark}, but benchmarks.{gate.benchmark}.data is empty: no step to gate on"
+        )
+    return {"benchmark_results": t[f"benchmark-{gate.benchmark}"].outputs["results"]}
 
 
 def _train_outputs(t: dict[str, Any]) -> dict[str, Any]:
@@ -169,6 +193,7 @@ def build_pipelines(params: Params) -> dict[str, GraphComponent]:
         sft_params: str,
         rl_params: str,
         evaluate_params: str,
+        benchmark_params: str,
         promote_params: str,
         sft_data_uri: str,
         rl_data_uri: str,
@@ -178,7 +203,13 @@ def build_pipelines(params: Params) -> dict[str, GraphComponent]:
         means params.promote.registry, as seen from the challenge and promote tasks."""
         sft_data = dsl.importer(artifact_uri=sft_data_uri, artifact_class=Dataset, reimport=False)
         rl_data = dsl.importer(artifact_uri=rl_data_uri, artifact_class=Dataset, reimport=False)
-        p = {"sft": sft_params, "rl": rl_params, "evaluate": evaluate_params, "promote": promote_params}
+        p = {
+            "sft": sft_params,
+            "rl": rl_params,
+            "evaluate": evaluate_params,
+            "benchmark": benchmark_params,
+            "promote": promote_params,
+        }
         t = _train_steps(params, p, sft_data.output, rl_data.output, registry)
         return TrainOutputs(**_train_outputs(t))
 
@@ -191,6 +222,7 @@ def build_pipelines(params: Params) -> dict[str, GraphComponent]:
         sft_params: str,
         rl_params: str,
         evaluate_params: str,
+        benchmark_params: str,
         promote_params: str,
         registry: str = "",
     ) -> FactoryOutputs:
@@ -203,6 +235,7 @@ def build_pipelines(params: Params) -> dict[str, GraphComponent]:
             "sft": sft_params,
             "rl": rl_params,
             "evaluate": evaluate_params,
+            "benchmark": benchmark_params,
             "promote": promote_params,
         }
         d = _data_steps(params, p)
@@ -220,8 +253,8 @@ editthinker_data, editthinker_train, editthinker_factory = (PIPELINES[k] for k i
 
 PIPELINE_STAGES = {
     "data": ("generate", "filter", "split", "validate"),
-    "train": ("sft", "rl", "evaluate", "promote"),
-    "factory": ("generate", "filter", "split", "validate", "sft", "rl", "evaluate", "promote"),
+    "train": ("sft", "rl", "evaluate", "benchmark", "promote"),
+    "factory": ("generate", "filter", "split", "validate", "sft", "rl", "evaluate", "benchmark", "promote"),
 }
 
 

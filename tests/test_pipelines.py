@@ -28,7 +28,7 @@ from editthinker.cli import app as cli_app
 from editthinker.config import Params, load_params, parse_params
 from editthinker.lineage import hash_path
 from editthinker.registry import Registry
-from editthinker.stages import SECTIONS, generate
+from editthinker.stages import generate, sections_of
 from editthinker.stages import promote as promote_stage
 from eval_summaries import summary
 from pipelines.factory import PIPELINE_STAGES, build_pipelines, compile_all, pipeline_arguments
@@ -175,7 +175,8 @@ def gpu_params_data() -> dict[str, Any]:
             },
         ],
     }
-    return {"generate": {"shards": 4}, "kubernetes": k8s}
+    # one public benchmark with data, so its step compiles (its data path is only read when the step runs)
+    return {"generate": {"shards": 4}, "kubernetes": k8s, "benchmarks": {"gedit": {"data": "/data/gedit"}}}
 
 
 # --- shape, caching, defaults ------------------------------------------------------------------------------
@@ -215,6 +216,11 @@ def test_pipelines_compile_with_the_right_shape(tmp_path: Path) -> None:
 STEP_STAGE = {"generate-shard": "generate", "generate-gather": "generate", "challenge": "promote"}
 
 
+def stage_of_task(name: str) -> str:
+    """The stage (or step) whose params a compiled task receives: benchmark, benchmark-2, ... are benchmark steps."""
+    return "benchmark" if re.fullmatch(r"benchmark(-\d+)?", name) else STEP_STAGE.get(name, name)
+
+
 def test_each_step_receives_only_the_params_of_its_stage(tmp_path: Path) -> None:
     """Every task's params_json is its stage's own run-time argument (`<stage>_params`), so a change to a
     section the stage does not read leaves that step's cache key alone."""
@@ -223,13 +229,13 @@ def test_each_step_receives_only_the_params_of_its_stage(tmp_path: Path) -> None
     for name, task in flat_tasks(spec).items():
         if name.startswith("importer"):
             continue
-        stage = STEP_STAGE.get(name, name)
+        stage = stage_of_task(name)
         source = task["inputs"]["parameters"]["params_json"]["componentInputParameter"]
         assert source.removeprefix("pipelinechannel--") == f"{stage}_params", (name, source)
     args = pipeline_arguments(gpu_params(), "factory")
     assert "kubernetes" not in json.loads(args["sft_params"])  # platform settings are compiled in, never passed
     for stage in PIPELINE_STAGES["factory"]:
-        assert set(json.loads(args[f"{stage}_params"])) <= set(SECTIONS[stage]), stage
+        assert set(json.loads(args[f"{stage}_params"])) <= set(sections_of(stage)), stage
 
 
 def test_generation_fans_out_over_the_shards_and_promotion_waits_for_the_challenge(tmp_path: Path) -> None:
@@ -551,7 +557,7 @@ def test_pipeline_submit_hands_package_arguments_and_run_name_to_the_client(
     }
     for s in stages:  # each step's params give its stage the same sections, so the same lineage hash
         sent = parse_params(json.loads(call["arguments"][f"{s}_params"]))
-        assert sent.section_hash(*SECTIONS[s]) == params.section_hash(*SECTIONS[s])
+        assert sent.section_hash(*sections_of(s)) == params.section_hash(*sections_of(s))
     assert call["package"]["pipelineInfo"]["name"] == "editthinker-factory"
     assert "generate-shard" in flat_tasks(call["package"])
 
@@ -786,3 +792,25 @@ def test_submit_without_a_registry_volume_warns(tmp_path: Path, fake_client: typ
     [(_, call)] = fake_client.last.calls
     assert call["arguments"]["registry"] == "registry"  # params.promote.registry
     assert "generate" in flat_tasks(call["package"])  # one shard: no fan-out
+
+
+def test_benchmark_steps_run_beside_evaluate_and_feed_the_gate(tmp_path: Path) -> None:
+    """A step per benchmark with data (parallel to evaluate, after rl); with benchmarks.gate, challenge and
+    promote read the gated benchmark's results; a gate on a benchmark without data is refused at compile time."""
+    data = {"gedit": {"data": "/data/gedit"}, "kris": {"data": "/data/kris"}}
+    gate = {"benchmark": "gedit", "metric": "overall", "margin": 0.1}
+    _, spec, _ = load(compile_all(tmp_path, parse_params({"benchmarks": {**data, "gate": gate}}))["train"])
+    tasks = flat_tasks(spec)
+    bench_tasks = sorted(t for t in tasks if stage_of_task(t) == "benchmark")
+    assert len(bench_tasks) == 2
+    assert {tasks[t]["taskInfo"]["name"] for t in bench_tasks} == {"benchmark-gedit", "benchmark-kris"}
+    for t in bench_tasks:
+        assert "rl" in ancestors(spec, t) and "evaluate" not in ancestors(spec, t)
+    for t in ("challenge", "promote"):
+        src = tasks[t]["inputs"]["artifacts"]["benchmark_results"]
+        producer = src.get("taskOutputArtifact", {}).get("producerTask") or src["componentInputArtifact"]
+        assert "benchmark" in producer, (t, src)
+    _, plain, _ = load(compile_all(tmp_path / "plain", parse_params({}))["train"])
+    assert "benchmark_results" not in flat_tasks(plain)["challenge"]["inputs"].get("artifacts", {})
+    with pytest.raises(ValueError, match="no step to gate on"):
+        build_pipelines(parse_params({"benchmarks": {"gate": gate}}))

@@ -1,3 +1,5 @@
+from typing import Optional
+
 from kfp import dsl
 from kfp.dsl import Artifact, Input, Model, Output
 
@@ -11,8 +13,10 @@ def promote(
     evaluation: Input[Artifact],
     registry: str,
     decision: Output[Artifact],
+    benchmark_results: Optional[Input[Artifact]] = None,  # noqa: UP045 (kfp reads Optional, not X | None)
 ):
-    """Register the checkpoint; make it champion if it wins. Side effects: never cache this task."""
+    """Register the checkpoint; make it champion if it wins (with benchmark_results: a benchmark step's results,
+    for the gate params.benchmarks.gate names). Side effects: never cache this task."""
     import json
     from pathlib import Path
 
@@ -21,6 +25,7 @@ def promote(
 
     params = parse_params(json.loads(params_json))
     root = Path(registry or params.promote.registry)
-    result = stage.run(params, Path(checkpoint.path), Path(evaluation.path), root)
+    report = Path(benchmark_results.path) / "report" if benchmark_results is not None else None
+    result = stage.run(params, Path(checkpoint.path), Path(evaluation.path), root, report)
     Path(decision.path).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     decision.metadata.update(result)

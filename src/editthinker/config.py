@@ -551,7 +551,9 @@ class PrepareConfig(_Strict):
     images_per_shard: int = Field(256, ge=1)
 
 
-PIPELINE_STEPS = ("generate", "gather", "filter", "split", "validate", "sft", "rl", "evaluate", "challenge", "promote")
+PIPELINE_STEPS = (
+    "generate", "gather", "filter", "split", "validate", "sft", "rl", "evaluate", "benchmark", "challenge", "promote",
+)  # fmt: skip
 _K8S_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 
 
@@ -589,6 +591,8 @@ _STEP_DEFAULTS: dict[str, dict[str, Any]] = {
     "sft": {"cpu_request": "2", "memory_request": "4Gi", "timeout_s": 14400},
     "rl": {"cpu_request": "2", "memory_request": "4Gi", "timeout_s": 14400},
     "evaluate": {"cpu_request": "2", "memory_request": "4Gi", "timeout_s": 7200, "retries": 1},
+    # a public benchmark (one step per benchmark with data in params.benchmarks): its editor, thinker and judge
+    "benchmark": {"cpu_request": "2", "memory_request": "8Gi", "timeout_s": 21600, "retries": 1},
     "challenge": {"cpu_request": "250m", "memory_request": "512Mi", "timeout_s": 600, "retries": 1},
     "promote": {"cpu_request": "500m", "memory_request": "1Gi", "timeout_s": 1800},
 }

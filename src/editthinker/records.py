@@ -29,8 +29,9 @@ from editthinker.storage import (
     write_json,
 )
 
-__all__ = ["STEP_SAMPLE_SCHEMA", "TRAJECTORY_SCHEMA", "dataset_hash", "iter_rows", "read_manifest", "read_table",
-           "shard_paths", "verify_dataset", "write_dataset"]  # fmt: skip
+__all__ = ["STEP_SAMPLE_SCHEMA", "TRAJECTORY_SCHEMA", "ShardWriter", "dataset_hash", "iter_rows", "iter_tables",
+           "iter_trajectory_tables", "read_manifest", "read_table", "shard_paths", "verify_dataset", "write_dataset",
+           "write_tables"]  # fmt: skip
 
 TRAJECTORY_SCHEMA = pa.schema(
     [
@@ -88,56 +89,133 @@ STEP_SAMPLE_SCHEMA = pa.schema(
 _WRITE_OPTS: dict[str, Any] = dict(compression="zstd", compression_level=3, use_dictionary=True, write_statistics=False)
 
 
+def _write_shard(path: Path, table: pa.Table) -> str:
+    """Write one shard; return its sha256. Every writer comes through here: one contiguous chunk per column and
+    the plain schema, so the same rows give the same bytes however they were assembled."""
+    pq.write_table(table, path, **_WRITE_OPTS)
+    return sha256_file(path)
+
+
+class ShardWriter:
+    """Cuts a stream of Arrow tables into shards of exactly `rows_per_shard` rows (the last one shorter) under
+    `folder`; holds at most one shard's rows. `files` maps each written shard to its sha256."""
+
+    def __init__(self, folder: Path, schema: pa.Schema, rows_per_shard: int) -> None:
+        if rows_per_shard < 1:
+            raise ValueError("rows_per_shard must be at least 1")
+        self.folder, self.schema, self.rows_per_shard = Path(folder), schema, rows_per_shard
+        self.files: dict[str, str] = {}
+        self.rows = 0
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        table = table.select(self.schema.names).cast(self.schema)
+        while len(table):
+            take = min(len(table), self.rows_per_shard - self._pending_rows)
+            self._pending.append(table.slice(0, take))
+            self._pending_rows += take
+            self.rows += take
+            table = table.slice(take)
+            if self._pending_rows >= self.rows_per_shard:
+                self._flush()
+
+    def _flush(self) -> None:
+        name = f"part-{len(self.files):05d}.parquet"
+        table = pa.concat_tables(self._pending) if self._pending else self.schema.empty_table()
+        table = table.combine_chunks().replace_schema_metadata(None)
+        self.files[name] = _write_shard(self.folder / name, table)
+        self._pending, self._pending_rows = [], 0
+
+    def close(self) -> dict[str, str]:
+        if self._pending_rows or not self.files:
+            self._flush()
+        return self.files
+
+
+def _manifest(files: dict[str, str], rows: int, schema: pa.Schema, extra: dict[str, Any] | None) -> dict[str, Any]:
+    return {
+        "rows": rows,
+        "files": files,
+        "dataset_sha256": dataset_hash(files),
+        "schema": [f.name for f in schema],
+        **(extra or {}),
+    }
+
+
+def write_tables(out_dir: Path, tables: Iterable[pa.Table], schema: pa.Schema, rows_per_shard: int,
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Write a stream of Arrow tables as shards into `out_dir` atomically (memory: one shard); return the
+    manifest. The same rows give the same bytes as `write_dataset`."""
+    with atomic_dir(out_dir) as tmp:
+        writer = ShardWriter(tmp, schema, rows_per_shard)
+        for table in tables:
+            writer.write(table)
+        files = writer.close()
+        manifest = _manifest(files, writer.rows, schema, extra)
+        write_json(tmp / "manifest.json", manifest)
+    return manifest
+
+
 def write_dataset(out_dir: Path, rows: Iterable[dict[str, Any]], schema: pa.Schema, rows_per_shard: int,
                   extra: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """Write rows as shards into `out_dir` atomically; return the manifest."""
     if rows_per_shard < 1:
         raise ValueError("rows_per_shard must be at least 1")
-    with atomic_dir(out_dir) as tmp:
-        files: dict[str, str] = {}
-        n = 0
+
+    def tables() -> Iterator[pa.Table]:
         batch: list[dict[str, Any]] = []
-
-        def flush() -> None:
-            name = f"part-{len(files):05d}.parquet"
-            table = pa.Table.from_pylist(batch, schema=schema)
-            pq.write_table(table, tmp / name, **_WRITE_OPTS)
-            files[name] = sha256_file(tmp / name)
-
         for row in rows:
             batch.append(row)
-            n += 1
             if len(batch) >= rows_per_shard:
-                flush()
+                yield pa.Table.from_pylist(batch, schema=schema)
                 batch = []
-        if batch or not files:
-            flush()
-        manifest = {
-            "rows": n,
-            "files": files,
-            "dataset_sha256": dataset_hash(files),
-            "schema": [f.name for f in schema],
-            **(extra or {}),
-        }
-        write_json(tmp / "manifest.json", manifest)
-    return manifest
+        if batch:
+            yield pa.Table.from_pylist(batch, schema=schema)
+
+    return write_tables(out_dir, tables(), schema, rows_per_shard, extra)
 
 
 def shard_paths(data_dir: Path) -> list[Path]:
     return [Path(data_dir) / name for name in sorted(read_manifest(data_dir)["files"])]
 
 
-def _shards(data_dir: Path, columns: list[str] | None) -> Iterator[pa.Table]:
+def iter_tables(data_dir: Path, columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """The dataset one verified shard at a time, in order (memory: one shard's bytes and its decoded columns).
+    Each shard's bytes are hashed as they are read and checked against the manifest before any is decoded."""
     files = read_manifest(data_dir)["files"]
     for name in sorted(files):
         data = read_verified(Path(data_dir) / name, files[name])
         yield pq.read_table(pa.BufferReader(data), columns=columns)
+        del data
 
 
 def read_table(data_dir: Path, columns: list[str] | None = None) -> pa.Table:
-    return pa.concat_tables(list(_shards(data_dir, columns)))
+    return pa.concat_tables(list(iter_tables(data_dir, columns)))
 
 
 def iter_rows(data_dir: Path, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
-    for table in _shards(data_dir, columns):
+    for table in iter_tables(data_dir, columns):
         yield from table.to_pylist()
+
+
+def iter_trajectory_tables(data_dir: Path, columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """The verified shards of a dataset, re-cut so that no trajectory (a run of consecutive rows with the same
+    trajectory_id) spans two tables: a shard's trailing trajectory is carried into the next one."""
+    carry: pa.Table | None = None
+    for table in iter_tables(data_dir, columns):
+        if carry is not None:
+            table = pa.concat_tables([carry, table])
+        if not len(table):
+            carry = table
+            continue
+        ids = table.column("trajectory_id")
+        last = ids[len(ids) - 1]
+        start = len(table)
+        while start > 0 and ids[start - 1] == last:  # the trailing run: a trajectory has a handful of turns
+            start -= 1
+        carry = table.slice(start)
+        if start:
+            yield table.slice(0, start)
+    if carry is not None and len(carry):
+        yield carry

@@ -8,9 +8,12 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from editthinker.config import FilterConfig, Params
 from editthinker.lineage import make_lineage
-from editthinker.records import TRAJECTORY_SCHEMA, iter_rows, read_manifest, write_dataset
+from editthinker.records import TRAJECTORY_SCHEMA, iter_trajectory_tables, read_manifest, write_tables
 from editthinker.stages import sections_of
 from editthinker.storage import writer_lock
 
@@ -34,24 +37,67 @@ def filter_trajectory(turns: list[dict[str, Any]], cfg: FilterConfig) -> list[di
     return kept
 
 
-def kept_rows(trajectories: Path, cfg: FilterConfig, counts: dict[str, int]) -> Iterator[dict[str, Any]]:
-    for _, group in groupby(iter_rows(trajectories), key=lambda r: r["trajectory_id"]):
-        turns = sorted(group, key=lambda r: r["turn"])
+# the columns filter_trajectory decides on: the first pass reads only these
+DECISION_COLUMNS = ["trajectory_id", "turn", "overall", "critique_satisfied", "has_critique"]
+CLEARED = {"has_critique": False, "critique_raw": "", "critique_reason": "", "next_instruction": ""}
+
+
+def plan(table: pa.Table, cfg: FilterConfig, counts: dict[str, int]) -> tuple[list[int], list[bool]]:
+    """filter_trajectory over every trajectory of `table` (whole trajectories only): the row indices to keep, in
+    output order, and for each whether its critique is cleared."""
+    cols = {c: table.column(c).to_pylist() for c in DECISION_COLUMNS}
+    take: list[int] = []
+    clear: list[bool] = []
+    ids = cols["trajectory_id"]
+    for _, group in groupby(range(len(ids)), key=ids.__getitem__):
+        index = list(group)
+        turns = sorted(({**{c: cols[c][i] for c in DECISION_COLUMNS}, "_row": i} for i in index),
+                       key=lambda r: r["turn"])  # fmt: skip
         kept = filter_trajectory(turns, cfg)
         counts["kept" if kept else "dropped"] += 1
         counts["truncated_turns"] += len(turns) - len(kept) if kept else 0
-        yield from kept
+        for k in kept:
+            take.append(k["_row"])
+            clear.append(bool(cols["has_critique"][k["_row"]]) and not k["has_critique"])
+    return take, clear
+
+
+def apply_plan(table: pa.Table, take: list[int], clear: list[bool]) -> pa.Table:
+    out = table.take(pa.array(take, pa.int64()))
+    if any(clear):
+        mask = pa.array(clear, pa.bool_())
+        for name, value in CLEARED.items():
+            i = out.schema.get_field_index(name)
+            column = pc.if_else(mask, pa.scalar(value, out.schema.field(name).type), out.column(name))
+            out = out.set_column(i, out.schema.field(name), column)
+    return out
+
+
+def kept_tables(trajectories: Path, cfg: FilterConfig, counts: dict[str, int]) -> Iterator[pa.Table]:
+    """The kept, truncated rows, streamed: one re-cut shard at a time."""
+    for table in iter_trajectory_tables(trajectories):
+        take, clear = plan(table, cfg, counts)
+        yield apply_plan(table, take, clear)
 
 
 def run(params: Params, trajectories: Path, out_dir: Path) -> dict[str, Any]:
-    """Every shard read is checked against the manifest; the lineage records the hash of what was verified."""
+    """Two passes over the verified shards (each read is checked against the manifest; the lineage records the
+    hash of what was verified): the first reads only the decision columns and counts the kept rows (the shard
+    size depends on it), the second streams the kept rows into the shards. Memory: a shard, not the dataset."""
     with writer_lock(out_dir):
         source = read_manifest(trajectories)
         counts = {"kept": 0, "dropped": 0, "truncated_turns": 0}
-        rows = list(kept_rows(trajectories, params.filter, counts))
+        kept_rows = 0
+        for table in iter_trajectory_tables(trajectories, DECISION_COLUMNS):
+            kept_rows += len(plan(table, params.filter, counts)[0])
+        written = {"kept": 0, "dropped": 0, "truncated_turns": 0}
         shards = max(1, len(source["files"]))
         models = source["lineage"]["models"]
         lineage = make_lineage("filter", params, SECTIONS, {"trajectories": trajectories}, models)
-        return write_dataset(
-            out_dir, rows, TRAJECTORY_SCHEMA, max(1, -(-len(rows) // shards)), {"lineage": lineage, **counts}
-        )
+        manifest = write_tables(
+            out_dir, kept_tables(trajectories, params.filter, written), TRAJECTORY_SCHEMA,
+            max(1, -(-kept_rows // shards)), {"lineage": lineage, **counts},
+        )  # fmt: skip
+        if written != counts:  # the shards changed between the passes (each pass verified them: cannot happen)
+            raise RuntimeError(f"{trajectories}: filter's two passes disagree ({counts} then {written})")
+        return manifest

@@ -3,28 +3,44 @@ and score band; trajectories whose score variance exceeds the threshold go to RL
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import tempfile
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from functools import lru_cache
 from itertools import groupby
 from pathlib import Path
 from statistics import median, pvariance
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from editthinker.config import Params
 from editthinker.lineage import make_lineage
 from editthinker.protocol import format_thinker_answer
-from editthinker.records import STEP_SAMPLE_SCHEMA, iter_rows, read_manifest, write_dataset
+from editthinker.records import STEP_SAMPLE_SCHEMA, iter_trajectory_tables, read_manifest, write_tables
 from editthinker.stages import sections_of
 from editthinker.storage import writer_lock
 
 SECTIONS = sections_of("split")
 ROWS_PER_SHARD = 4096
+SPILL_ROWS = 16 * ROWS_PER_SHARD  # rows per sorted-run bucket of the second pass (memory: one bucket)
+# the columns the first pass reads (no images)
+SUMMARY_COLUMNS = ["trajectory_id", "turn", "overall", "semantic", "has_critique", "op"]
+
+
+@lru_cache(maxsize=65536)
+def score_variance(scores: tuple[float, ...]) -> float:
+    """The population variance of a trajectory's overall scores (0 for a single turn); cached: scores repeat."""
+    return pvariance(scores) if len(scores) > 1 else 0.0
 
 
 def unroll(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Step samples of one (filtered) trajectory: input (I_src, I_{t-1}, T_s, T_{t-1}), target
     (reason, the judge's score of I_{t-1}, refined T_t, or T_{t-1} again when the expert was satisfied)."""
-    var = pvariance([float(t["overall"]) for t in turns]) if len(turns) > 1 else 0.0
+    var = score_variance(tuple(float(t["overall"]) for t in turns))
     out = []
     for t in turns:
         if not t["has_critique"]:
@@ -53,39 +69,46 @@ def unroll(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _tid(row: dict[str, Any]) -> str:
-    return str(row["trajectory_id"])
-
-
 def _ranked(items: list[str], seed: int) -> list[str]:
     return sorted(items, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
 
 
+def pick_rl_ids(variances: list[tuple[str, float]], threshold: float, max_fraction: float, seed: int) -> set[str]:
+    """Of (trajectory_id, score variance) pairs: the ids whose variance exceeds the threshold, at most
+    max_fraction of all of them (a seeded, deterministic choice when there are more candidates)."""
+    candidates = [tid for tid, var in variances if var > threshold]
+    return set(_ranked(candidates, seed)[: int(max_fraction * len(variances))])
+
+
 def pick_rl(trajectories: list[list[dict[str, Any]]], threshold: float, max_fraction: float, seed: int) -> set[str]:
-    """Trajectories whose score variance exceeds the threshold, at most max_fraction of all of them
-    (a seeded, deterministic choice when there are more candidates)."""
-    candidates = [t[0]["trajectory_id"] for t in trajectories if t[0]["trajectory_score_var"] > threshold]
-    return set(_ranked(candidates, seed)[: int(max_fraction * len(trajectories))])
+    """pick_rl_ids over unrolled trajectories (lists of step samples)."""
+    variances = [(t[0]["trajectory_id"], float(t[0]["trajectory_score_var"])) for t in trajectories]
+    return pick_rl_ids(variances, threshold, max_fraction, seed)
 
 
 def score_band(semantic: float) -> str:
     return "low" if semantic < 4 else "mid" if semantic < 8 else "high"
 
 
-def balance(samples: list[dict[str, Any]], max_ratio: float, seed: int) -> list[dict[str, Any]]:
-    """Cap every (op, score band) group at max_ratio x the median group size; the kept samples of a
-    group are chosen by a seeded hash of their id, so the choice is deterministic."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for s in samples:
-        groups[(s["op"], score_band(s["target_semantic"]))].append(s)
+def balanced_ids(samples: Iterable[tuple[str, str, float]], max_ratio: float, seed: int) -> set[str]:
+    """Of (sample_id, op, target_semantic) triples: the ids kept when every (op, score band) group is capped at
+    max_ratio x the median group size; a group's kept samples are chosen by a seeded hash of their id."""
+    groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for sample_id, op, semantic in samples:
+        groups[(op, score_band(semantic))].append(sample_id)
     if not groups:
-        return []
+        return set()
     cap = max(1, int(max_ratio * median(len(g) for g in groups.values())))
-    kept: list[dict[str, Any]] = []
+    keep: set[str] = set()
     for g in groups.values():
-        keep = set(_ranked([s["sample_id"] for s in g], seed)[:cap])
-        kept.extend(s for s in g if s["sample_id"] in keep)
-    return sorted(kept, key=lambda s: s["sample_id"])
+        keep.update(_ranked(g, seed)[:cap])
+    return keep
+
+
+def balance(samples: list[dict[str, Any]], max_ratio: float, seed: int) -> list[dict[str, Any]]:
+    """Cap every (op, score band) group at max_ratio x the median group size (balanced_ids), sorted by id."""
+    keep = balanced_ids(((s["sample_id"], s["op"], s["target_semantic"]) for s in samples), max_ratio, seed)
+    return sorted((s for s in samples if s["sample_id"] in keep), key=lambda s: s["sample_id"])
 
 
 def run(params: Params, filtered: Path, sft_dir: Path, rl_dir: Path) -> dict[str, Any]:
@@ -94,19 +117,139 @@ def run(params: Params, filtered: Path, sft_dir: Path, rl_dir: Path) -> dict[str
         return _run(params, filtered, sft_dir, rl_dir)
 
 
+def _trajectory_runs(ids: list[str]) -> Iterator[list[int]]:
+    for _, group in groupby(range(len(ids)), key=ids.__getitem__):
+        yield list(group)
+
+
+def _summaries(filtered: Path) -> tuple[list[tuple[str, float]], list[tuple[str, str, float, str]]]:
+    """Pass 1 (no images): (trajectory_id, score variance) of every trajectory with a step sample, and
+    (sample_id, op, target_semantic, trajectory_id) of every step sample."""
+    variances: list[tuple[str, float]] = []
+    samples: list[tuple[str, str, float, str]] = []
+    for table in iter_trajectory_tables(filtered, SUMMARY_COLUMNS):
+        cols = {c: table.column(c).to_pylist() for c in SUMMARY_COLUMNS}
+        for index in _trajectory_runs(cols["trajectory_id"]):
+            index.sort(key=cols["turn"].__getitem__)
+            tid = cols["trajectory_id"][index[0]]
+            steps = [(f"{tid}-s{cols['turn'][i] + 1}", cols["op"][i], cols["semantic"][i]) for i in index
+                     if cols["has_critique"][i]]  # fmt: skip
+            if not steps:
+                continue
+            variances.append((tid, score_variance(tuple(float(cols["overall"][i]) for i in index))))
+            samples.extend((sid, op, sem, tid) for sid, op, sem in steps)
+    return variances, samples
+
+
+def step_samples(table: pa.Table) -> pa.Table:
+    """unroll, vectorised: the step samples of every (whole, filtered) trajectory of `table`, split left ""."""
+    cols = {c: table.column(c).to_pylist() for c in ("trajectory_id", "turn", "overall", "has_critique")}
+    take: list[int] = []
+    variance: list[float] = []
+    for index in _trajectory_runs(cols["trajectory_id"]):
+        index.sort(key=cols["turn"].__getitem__)
+        var = score_variance(tuple(float(cols["overall"][i]) for i in index))
+        for i in index:
+            if cols["has_critique"][i]:
+                take.append(i)
+                variance.append(var)
+    t = table.take(pa.array(take, pa.int64()))
+    step = pc.add(t.column("turn"), pa.scalar(1, pa.int32()))
+    answer = pc.if_else(pc.fill_null(t.column("critique_satisfied"), False), t.column("instruction"),
+                        t.column("next_instruction"))  # fmt: skip
+    reason, semantic, quality = (t.column(c).to_pylist() for c in ("critique_reason", "semantic", "quality"))
+    text = [format_thinker_answer(*a) for a in zip(reason, semantic, quality, answer.to_pylist(), strict=True)]
+    columns = {
+        "sample_id": pc.binary_join_element_wise(t.column("trajectory_id"), pc.cast(step, pa.string()), "-s"),
+        **{k: t.column(k) for k in ("trajectory_id", "task_id", "editor", "op", "style", "seed")},
+        "step": step,
+        "source_scene": t.column("source_scene"),
+        "target_scene": t.column("target_scene"),
+        "source_png": t.column("source_png"),
+        "previous_png": t.column("image_png"),
+        "original_instruction": t.column("original_instruction"),
+        "previous_instruction": t.column("instruction"),
+        "target_reason": t.column("critique_reason"),
+        "target_semantic": t.column("semantic"),
+        "target_quality": t.column("quality"),
+        "target_answer": answer,
+        "target_text": pa.array(text, pa.string()),
+        "trajectory_score_var": pa.array(variance, pa.float64()),
+        "split": pa.array([""] * len(t), pa.string()),
+    }
+    return pa.table(columns, schema=STEP_SAMPLE_SCHEMA)
+
+
+class _SortedSpill:
+    """Rows of one split, bucketed by sample_id range into Arrow IPC files under `folder` (each bucket holds
+    about SPILL_ROWS rows), then read back bucket by bucket, each sorted: the rows in sample_id order with
+    memory for one bucket."""
+
+    def __init__(self, folder: Path, name: str, sorted_ids: list[str]) -> None:
+        self.folder, self.name = folder, name
+        self.bounds = sorted_ids[SPILL_ROWS::SPILL_ROWS]
+        self.writers: dict[int, Any] = {}
+
+    def add(self, table: pa.Table) -> None:
+        buckets = [bisect.bisect_right(self.bounds, sid) for sid in table.column("sample_id").to_pylist()]
+        bucket_array = pa.array(buckets, pa.int32())
+        for b in sorted(set(buckets)):
+            part = table.filter(pc.equal(bucket_array, b))
+            if b not in self.writers:
+                self.writers[b] = pa.ipc.new_stream(str(self._path(b)), STEP_SAMPLE_SCHEMA)
+            self.writers[b].write_table(part)
+
+    def _path(self, b: int) -> Path:
+        return self.folder / f"{self.name}-{b:06d}.arrow"
+
+    def sorted_tables(self) -> Iterator[pa.Table]:
+        for w in self.writers.values():
+            w.close()
+        for b in sorted(self.writers):
+            with pa.memory_map(str(self._path(b))) as source:
+                table = pa.ipc.open_stream(source).read_all()
+            yield table.take(pc.sort_indices(table, sort_keys=[("sample_id", "ascending")]))
+            del table
+            self._path(b).unlink()
+
+
 def _run(params: Params, filtered: Path, sft_dir: Path, rl_dir: Path) -> dict[str, Any]:
+    """Pass 1 reads the small columns and decides (RL trajectories, balanced samples, output order); pass 2
+    streams the step samples into sorted buckets; each output is then written bucket by bucket. Memory:
+    O(step samples x an id), a shard and a bucket of rows, never the whole dataset."""
     cfg = params.split
-    trajectories = [unroll(sorted(g, key=lambda r: r["turn"])) for _, g in groupby(iter_rows(filtered), key=_tid)]
-    trajectories = [t for t in trajectories if t]
-    rl_ids = pick_rl(trajectories, cfg.rl_variance_threshold, cfg.rl_max_fraction, cfg.seed)
-    parts: dict[str, list[dict[str, Any]]] = {"sft": [], "rl": []}
-    for samples in trajectories:
-        parts["rl" if samples[0]["trajectory_id"] in rl_ids else "sft"].extend(samples)
+    variances, summaries = _summaries(filtered)
+    rl_ids = pick_rl_ids(variances, cfg.rl_variance_threshold, cfg.rl_max_fraction, cfg.seed)
+    del variances
+    names = ("sft", "rl")
+    unbalanced = {name: 0 for name in names}
+    keep: dict[str, pa.Array] = {}
+    order: dict[str, list[str]] = {}
+    for name in names:
+        part = [(sid, op, sem) for sid, op, sem, tid in summaries if (tid in rl_ids) == (name == "rl")]
+        unbalanced[name] = len(part)
+        kept = sorted(balanced_ids(part, cfg.balance_max_group_ratio, cfg.seed))
+        order[name] = kept
+        keep[name] = pa.array(kept, pa.string())
+    trajectories = len({tid for *_, tid in summaries})
+    del summaries
     models = read_manifest(filtered)["lineage"]["models"]
     lineage = make_lineage("split", params, SECTIONS, {"filtered": filtered}, models)
-    result: dict[str, Any] = {"trajectories": len(trajectories), "rl_trajectories": len(rl_ids)}
-    for name, out in (("sft", sft_dir), ("rl", rl_dir)):
-        rows = [{**s, "split": name} for s in balance(parts[name], cfg.balance_max_group_ratio, cfg.seed)]
-        extra = {"lineage": lineage, "unbalanced_rows": len(parts[name])}
-        result[name] = write_dataset(out, rows, STEP_SAMPLE_SCHEMA, ROWS_PER_SHARD, extra)
+    result: dict[str, Any] = {"trajectories": trajectories, "rl_trajectories": len(rl_ids)}
+    rl_array = pa.array(sorted(rl_ids), pa.string())
+    with tempfile.TemporaryDirectory(prefix="editthinker-split-") as spill_dir:
+        spills = {name: _SortedSpill(Path(spill_dir), name, order[name]) for name in names}
+        del order
+        for table in iter_trajectory_tables(filtered):
+            samples = step_samples(table)
+            in_rl = pc.is_in(samples.column("trajectory_id"), value_set=rl_array)
+            for name in names:
+                mine = in_rl if name == "rl" else pc.invert(in_rl)
+                part = samples.filter(pc.and_(mine, pc.is_in(samples.column("sample_id"), value_set=keep[name])))
+                if len(part):
+                    split_column = pa.array([name] * len(part), pa.string())
+                    spills[name].add(part.set_column(part.schema.get_field_index("split"), "split", split_column))
+        for name, out in (("sft", sft_dir), ("rl", rl_dir)):
+            extra = {"lineage": lineage, "unbalanced_rows": unbalanced[name]}
+            result[name] = write_tables(out, spills[name].sorted_tables(), STEP_SAMPLE_SCHEMA, ROWS_PER_SHARD, extra)
     return result
