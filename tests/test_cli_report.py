@@ -21,7 +21,7 @@ import yaml
 from typer.testing import CliRunner
 
 from editthinker import __version__
-from editthinker.cli import STAGE_IO, Layout, app
+from editthinker.cli import STAGE_IO, Layout, app, report_sources
 from editthinker.config import parse_params
 from editthinker.lineage import code_version
 from editthinker.records import TRAJECTORY_SCHEMA, iter_rows, read_manifest, write_dataset
@@ -45,17 +45,7 @@ SECTION_HEADINGS = [
 
 
 def sources(root: Path) -> Sources:
-    return Sources(
-        run_stats=root / Layout.run_stats,
-        trajectories=root / Layout.trajectories,
-        filtered=root / Layout.filtered,
-        sft_data=root / Layout.sft_data,
-        rl_data=root / Layout.rl_data,
-        validation=root / Layout.validation,
-        sft_model=root / Layout.sft_model,
-        rl_model=root / Layout.rl_model,
-        evaluation=root / Layout.evaluation,
-    )
+    return report_sources(root)
 
 
 def run_evaluate_with_expert_thinkers(params: Any, out: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:

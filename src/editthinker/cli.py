@@ -631,10 +631,11 @@ def run_all(
     out.print(f"reports: {report}{', ' + listed if listed else ''}, registry: {p.promote.registry}/", highlight=False)
 
 
-def _write_report(out: Path, root: Path, stats: Path, max_trajectories: int = 50, seed: int = 0) -> None:
-    from editthinker.report import Sources, write_report
+def report_sources(root: Path, stats: Path = Layout.run_stats) -> Any:
+    """Where the run report reads each part of a run rooted at `root` (the default layout)."""
+    from editthinker.report import Sources
 
-    sources = Sources(
+    return Sources(
         run_stats=root / stats,
         trajectories=root / Layout.trajectories,
         filtered=root / Layout.filtered,
@@ -645,7 +646,12 @@ def _write_report(out: Path, root: Path, stats: Path, max_trajectories: int = 50
         rl_model=root / Layout.rl_model,
         evaluation=root / Layout.evaluation,
     )
-    summary = write_report(out, sources, max_trajectories, seed, str(root.resolve()))
+
+
+def _write_report(out: Path, root: Path, stats: Path, max_trajectories: int = 50, seed: int = 0) -> None:
+    from editthinker.report import write_report
+
+    summary = write_report(out, report_sources(root, stats), max_trajectories, seed, str(root.resolve()))
     console.print(f"[green]report done:[/green] {summary} -> {out}", highlight=False, soft_wrap=True)
 
 
