@@ -141,9 +141,9 @@ def _race(p: Params, uri: str, jobs: list[tuple[Path, Path]]) -> list[dict]:
 def test_concurrent_promotions_one_champion_every_version_once(tmp_path, uri, p):
     n = 6
     ckpts = [make_checkpoint(tmp_path, f"c{i}", bytes([i]) * 100) for i in range(n)]
-    evals = [
-        make_eval(tmp_path, f"e{i}", float((i * 7) % n), of=ckpts[i]) for i in range(n)
-    ]  # the best is not the last
+    evals = [  # the best is not the last; every one beats the editor alone (at -1), so the first judged wins
+        make_eval(tmp_path, f"e{i}", float((i * 7) % n), of=ckpts[i], editor_overall=-1.0) for i in range(n)
+    ]
     results = _race(p, uri, list(zip(ckpts, evals, strict=True)))
     reg = s3reg(uri, p)
     assert reg.versions() == [f"v{i:04d}" for i in range(1, n + 1)]
