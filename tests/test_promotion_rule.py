@@ -131,3 +131,21 @@ def test_the_benchmark_gate_is_required_and_counts(tmp_path: Path) -> None:
     d = promote.run(p, ckpt, ev, tmp_path / "registry2", tmp_path / "report.json")
     assert d["promoted"]
     assert Registry(tmp_path / "registry2").registered("v0001")["metrics"]["benchmark.gedit.overall"] == 5.5
+
+
+def test_a_version_refused_at_registration_stays_refused_when_promoted_by_hand(tmp_path: Path) -> None:
+    """`registry promote` keeps the checks that need no champion: a version below the editor alone is refused
+    by hand too (with no champion yet), unless forced."""
+    reg_dir = tmp_path / "registry"
+    ckpt = make_checkpoint(tmp_path, "a", b"aaaa")
+    d = promote.run(
+        parse_params({}), ckpt, write_eval(tmp_path, "ev", summary(5.0, lineage_of(ckpt), editor_overall=6.0)), reg_dir
+    )
+    assert not d["promoted"]
+    reg = Registry(reg_dir)
+    assert reg.registered(d["version"])["eligible"]["passed"] is False
+    with pytest.raises(promote.PromotionRefused, match="refused when registered"):
+        promote.promote_version(parse_params({}), reg, d["version"], "by hand")
+    assert reg.champion() is None
+    forced = promote.promote_version(parse_params({}), reg, d["version"], "by hand", force=True)
+    assert forced["promoted"] and reg.champion() == d["version"]

@@ -171,6 +171,7 @@ def judge(
     cfg = params.promote
     champion_metric = None
     champion_items = None
+    rec: dict[str, Any] = {}
     if champion is not None:
         rec = reg.registered(champion)
         champion_metric = rec.get("metrics", {}).get(cfg.primary_metric)
@@ -201,10 +202,22 @@ def judge(
     if champion is None and beats:
         reason = f"no champion yet; {reason}"
     if beats and gate is not None:
-        stored = reg.registered(champion).get("metrics", {}).get(gate.key) if champion is not None else None
+        stored = rec.get("metrics", {}).get(gate.key)
         beats, why = gate_decision(gate, stored, params.benchmarks.gate.margin if params.benchmarks.gate else 0.0)
         reason = f"{reason}; benchmark gate: {why}"
     return PromotionDecision(beats, reason, champion_metric)
+
+
+def eligibility(params: Params, evaluation: Evaluation) -> dict[str, Any]:
+    """The rule's checks that do not depend on a champion (format failures, beating the editor alone), stored
+    with a registered version so that promoting it by hand later keeps them."""
+    cfg = params.promote
+    doc, path = evaluation.document, evaluation.summary
+    checks = rule.decide(
+        _items(doc, CHALLENGER_SYSTEM, path), _items(doc, EDITOR_ALONE, path), None, None,
+        cfg.primary_metric, cfg.margin, cfg.confidence, cfg.max_format_failure_rate,
+    )  # fmt: skip
+    return {"passed": all(c.passed for c in checks), "reason": "; ".join(c.reason for c in checks)}
 
 
 def benchmark_gate(params: Params, report: Path | None) -> BenchmarkMetric | None:
@@ -237,6 +250,7 @@ def run(
         "eval_summary_sha256": hash_path(evaluation.summary),
         "metrics": metrics,
         "per_item": _items(evaluation.document, CHALLENGER_SYSTEM, evaluation.summary),
+        "eligible": eligibility(params, evaluation),
         "benchmark_sha256": params.section_hash(*BENCHMARK_SECTIONS),
         **provenance(params, lineage, evaluation.document),
     }
@@ -359,11 +373,16 @@ def _stamp(record: dict[str, Any]) -> dict[str, Any]:
 def judge_registered(params: Params, reg: RegistryBackend, champion: str | None, candidate: str) -> PromotionDecision:
     """The promotion rule between two registered versions, from their records: paired on the items both were
     scored on when both records keep per-item outcomes (the margin, confidence and metric from params.promote),
-    else on the stored means (versions registered before per-item outcomes were kept)."""
+    else on the stored means (versions registered before per-item outcomes were kept). A version the rule
+    refused when it was registered (format failures, not beating the editor alone) stays refused."""
     cfg = params.promote
+    cand = reg.registered(candidate)
+    eligible = cand.get("eligible")
+    if isinstance(eligible, dict) and not eligible.get("passed", False):
+        return PromotionDecision(False, f"{candidate} was refused when registered: {eligible.get('reason')}", None)
     if champion is None:
         return PromotionDecision(True, "no champion yet", None)
-    rec, cand = reg.registered(champion), reg.registered(candidate)
+    rec = reg.registered(champion)
     champion_metric = rec.get("metrics", {}).get(cfg.primary_metric)
     challenger_metric = cand.get("metrics", {}).get(cfg.primary_metric)
     if challenger_metric is None:
