@@ -51,6 +51,8 @@ class Layout:
     """Where each stage's output lives by default (dvc.yaml uses the same paths)."""
 
     trajectories = Path("data/trajectories")
+    images = Path("data/trajectories/images")  # the image store every dataset of a run refers to (generate's)
+    prepared = Path("data/prepared")
     filtered = Path("data/filtered")
     sft_data = Path("data/steps/sft")
     rl_data = Path("data/steps/rl")
@@ -141,13 +143,19 @@ RlDataOpt = Annotated[Path, _opt("RL step samples dataset")]
 SftCheckpointOpt = Annotated[Path, _opt("SFT thinker checkpoint folder")]
 RlCheckpointOpt = Annotated[Path, _opt("RL thinker checkpoint folder")]
 EvalDirOpt = Annotated[Path, _opt("evaluation folder (summary.json, summary.md, score_by_turn.png)")]
+ImagesOpt = Annotated[
+    Path, _opt("the image store the dataset's rows refer to (checked against the one its manifest names)")
+]
 
 
 @app.command()
 def generate(
     params: ParamsOpt = None,
     set_: SetOpt = None,
-    out: Annotated[Path, _opt("output trajectories dataset")] = Layout.trajectories,
+    out: Annotated[Path, _opt("output trajectories dataset (its image store in <out>/images)")] = Layout.trajectories,
+    tasks: Annotated[
+        Path | None, _opt("a folder 'editthinker prepare' wrote: generate its tasks (default: the synthetic world)")
+    ] = None,
     restart: Annotated[
         bool, _opt("start over: drop the finished units an earlier (killed or stopped) run left", "--restart")
     ] = False,
@@ -157,16 +165,16 @@ def generate(
 
     p = _params(params, set_)
     # a reached generate.budget fails too (exit 1), its message saying what was spent and how to continue
-    _stage("generate", lambda: stage.run(p, out, restart=restart), [out])
+    _stage("generate", lambda: stage.run(p, out, restart=restart, tasks=tasks), [out])
 
 
 @app.command()
 def prepare(
     params: ParamsOpt = None,
     set_: SetOpt = None,
-    out: Annotated[Path, _opt("output: tasks/, images/ (by sha256), quarantine.jsonl, prepared.json")] = Path(
-        "data/prepared"
-    ),
+    out: Annotated[
+        Path, _opt("output: tasks/, images/ (by sha256), quarantine.jsonl, prepared.json")
+    ] = Layout.prepared,
 ) -> None:
     """Prepare the declared sources (params sources:) into tasks, an image store and a quarantine report."""
     from editthinker import prepare as prep
@@ -212,12 +220,13 @@ def validate(
     sft: SftDataOpt = Layout.sft_data,
     rl: RlDataOpt = Layout.rl_data,
     out: Annotated[Path, _opt("output report folder (report.json, report.md)")] = Layout.validation,
+    images: ImagesOpt = Layout.images,
 ) -> None:
     """Validate trajectories and step samples with great-expectations suites."""
     from editthinker.stages import validate as stage
 
     p = _params(params, set_)
-    _stage("validate", lambda: stage.run(p, trajectories, sft, rl, out), [out])
+    _stage("validate", lambda: stage.run(p, trajectories, sft, rl, out, images), [out])
 
 
 @app.command()
@@ -226,13 +235,14 @@ def sft(
     set_: SetOpt = None,
     data: SftDataOpt = Layout.sft_data,
     out: Annotated[Path, _opt("output checkpoint folder")] = Layout.sft_model,
+    images: ImagesOpt = Layout.images,
     restart: RestartOpt = False,
 ) -> None:
     """Supervised fine-tuning of the thinker (trl SFTTrainer); resumes a killed run with the same inputs and params."""
     from editthinker.stages import sft as stage
 
     p = _params(params, set_)
-    _stage("sft", lambda: stage.run(p, data, out, restart=restart), [out])
+    _stage("sft", lambda: stage.run(p, data, out, images, restart=restart), [out])
 
 
 @app.command()
@@ -242,13 +252,14 @@ def rl(
     data: RlDataOpt = Layout.rl_data,
     sft_checkpoint: Annotated[Path, _opt("SFT thinker checkpoint folder to start from")] = Layout.sft_model,
     out: Annotated[Path, _opt("output checkpoint folder")] = Layout.rl_model,
+    images: ImagesOpt = Layout.images,
     restart: RestartOpt = False,
 ) -> None:
     """GRPO from the SFT checkpoint (trl GRPOTrainer) with the registered rewards; resumes like sft."""
     from editthinker.stages import rl as stage
 
     p = _params(params, set_)
-    _stage("rl", lambda: stage.run(p, data, sft_checkpoint, out, restart=restart), [out])
+    _stage("rl", lambda: stage.run(p, data, sft_checkpoint, out, images, restart=restart), [out])
 
 
 @app.command()
@@ -461,9 +472,9 @@ STAGE_IO: dict[str, tuple[tuple[Path, ...], tuple[Path, ...]]] = {
     "generate": ((), (Layout.trajectories,)),
     "filter": ((Layout.trajectories,), (Layout.filtered,)),
     "split": ((Layout.filtered,), (Layout.sft_data, Layout.rl_data)),
-    "validate": ((Layout.trajectories, Layout.sft_data, Layout.rl_data), (Layout.validation,)),
-    "sft": ((Layout.sft_data, Layout.validation), (Layout.sft_model,)),
-    "rl": ((Layout.rl_data, Layout.sft_model), (Layout.rl_model,)),
+    "validate": ((Layout.trajectories, Layout.sft_data, Layout.rl_data, Layout.images), (Layout.validation,)),
+    "sft": ((Layout.sft_data, Layout.validation, Layout.images), (Layout.sft_model,)),
+    "rl": ((Layout.rl_data, Layout.sft_model, Layout.images), (Layout.rl_model,)),
     "evaluate": ((Layout.sft_model, Layout.rl_model), (Layout.evaluation,)),
     "promote": ((Layout.rl_model, Layout.evaluation / "summary.json"), (Layout.registry,)),
 }
@@ -786,15 +797,22 @@ def export_release(
     ] = None,
     template: TemplateOpt = None,
     absolute_paths: Annotated[bool, typer.Option(help="write absolute image paths")] = False,
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            help="the image store the samples refer to (default: <data>/images if there, else data/trajectories/images)"
+        ),
+    ] = None,
 ) -> None:
     """Step samples in a release trainer's format: LLaMA-Factory sharegpt (SFT) or EasyR1 jsonl (RL)."""
     from editthinker import release_formats as rf
 
     f = _release_format(fmt)
     steps = data or (Layout.rl_data if f == "easyr1" else Layout.sft_data)
+    store = images or (steps / "images" if (steps / "images").is_dir() else Layout.images)
 
     def work() -> dict[str, Any]:
-        return rf.export_steps(steps, out, f, _template_text(template), absolute_paths).to_dict()
+        return rf.export_steps(steps, out, f, _template_text(template), absolute_paths, images=store).to_dict()
 
     report = _stage("export", work)
     for line in rf.summary(report):

@@ -53,6 +53,8 @@ TASK_SCHEMA = pa.schema(
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("task_type", pa.string()),
+        ("reference", pa.string()),  # privileged reference (synthetic sources: the world's target scene), else null
+        ("metadata", pa.string()),  # JSON object of the source's own fields ("{}" for real data)
     ]
 )
 
@@ -231,7 +233,7 @@ def _prepare_row(raw: RawRow, cfg: PrepareConfig, staging: Path) -> tuple[dict[s
         path.write_bytes(png)
     task = {"task_id": task_id_of(raw.image, instruction), "source": raw.source, "source_id": raw.source_id,
             "instruction": instruction, "image_sha256": sha, "width": width, "height": height,
-            "task_type": raw.task_type}  # fmt: skip
+            "task_type": raw.task_type, "reference": raw.reference, "metadata": raw.metadata}  # fmt: skip
     return task, ""
 
 

@@ -1,7 +1,10 @@
 """Parquet records: one schema for trajectories (a row per turn), one for step samples.
 
 A dataset is a directory of parquet shards plus `manifest.json` (row count, every file's sha256 and the
-dataset's sha256). Images are PNG bytes inside the rows. Shards are written with fixed writer settings
+dataset's sha256). Rows refer to images by sha256; the images live once in a content-addressed image store
+(`editthinker.images`) that the manifest names under `images` (generate writes it inside its output, `images/`;
+later datasets refer to that same store). Since the rows hold every image's hash, the dataset sha256 pins the
+images too. Shards are written with fixed writer settings
 and no timestamps, so the same rows give the same bytes.
 
 Every read checks what it reads: a shard's bytes are hashed as they are read and must be the sha256 the
@@ -12,7 +15,7 @@ manifest lists, and the manifest's dataset sha256 must be the hash of its file l
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,25 +32,26 @@ from editthinker.storage import (
     write_json,
 )
 
-__all__ = ["STEP_SAMPLE_SCHEMA", "TRAJECTORY_SCHEMA", "ShardWriter", "dataset_hash", "iter_rows", "iter_tables",
-           "iter_trajectory_tables", "read_manifest", "read_table", "shard_paths", "verify_dataset", "write_dataset",
-           "write_tables"]  # fmt: skip
+__all__ = ["IMAGE_COLUMNS", "STEP_SAMPLE_SCHEMA", "TRAJECTORY_SCHEMA", "ShardWriter", "dataset_hash", "iter_rows",
+           "iter_tables", "iter_trajectory_tables", "read_manifest", "read_table", "shard_paths", "verify_dataset",
+           "write_dataset", "write_tables"]  # fmt: skip
 
 TRAJECTORY_SCHEMA = pa.schema(
     [
         ("trajectory_id", pa.string()),
         ("task_id", pa.string()),
+        ("source", pa.string()),  # the declared source's name ("world" for the embedded synthetic world)
+        ("task_type", pa.string()),  # from the source (the synthetic world: its op)
         ("editor", pa.string()),
-        ("op", pa.string()),
-        ("style", pa.string()),
         ("seed", pa.int64()),
-        ("source_scene", pa.string()),
-        ("target_scene", pa.string()),  # privileged reference: for the expert and the exact judge only
-        ("source_png", pa.binary()),
+        ("reference", pa.string()),  # privileged reference (the world's target scene JSON), null on real data:
+        # for the expert and the exact judge only, never shown to the thinker
+        ("metadata", pa.string()),  # a JSON object of the source's own fields (the world: op, style, scenes)
+        ("source_image", pa.string()),  # I_src: sha256 of an image in the dataset's image store
         ("original_instruction", pa.string()),
         ("turn", pa.int32()),
         ("instruction", pa.string()),  # the instruction this turn's edit used
-        ("image_png", pa.binary()),
+        ("image", pa.string()),  # this turn's edit: sha256 in the image store
         ("semantic", pa.float64()),  # judge scores of this turn's edit
         ("quality", pa.float64()),
         ("overall", pa.float64()),
@@ -65,15 +69,15 @@ STEP_SAMPLE_SCHEMA = pa.schema(
         ("sample_id", pa.string()),
         ("trajectory_id", pa.string()),
         ("task_id", pa.string()),
+        ("source", pa.string()),
+        ("task_type", pa.string()),
         ("editor", pa.string()),
-        ("op", pa.string()),
-        ("style", pa.string()),
         ("seed", pa.int64()),
         ("step", pa.int32()),  # t >= 2: the turn whose instruction this sample refines
-        ("source_scene", pa.string()),
-        ("target_scene", pa.string()),
-        ("source_png", pa.binary()),  # I_src
-        ("previous_png", pa.binary()),  # I_edit^{t-1}
+        ("reference", pa.string()),
+        ("metadata", pa.string()),
+        ("source_image", pa.string()),  # I_src (sha256 in the image store)
+        ("previous_image", pa.string()),  # I_edit^{t-1} (sha256 in the image store)
         ("original_instruction", pa.string()),  # T_s
         ("previous_instruction", pa.string()),  # T_{t-1}
         ("target_reason", pa.string()),  # R_t
@@ -85,6 +89,7 @@ STEP_SAMPLE_SCHEMA = pa.schema(
         ("split", pa.string()),  # sft | rl
     ]
 )
+IMAGE_COLUMNS = {"trajectories": ("source_image", "image"), "steps": ("source_image", "previous_image")}
 
 _WRITE_OPTS: dict[str, Any] = dict(compression="zstd", compression_level=3, use_dictionary=True, write_statistics=False)
 
@@ -144,10 +149,14 @@ def _manifest(files: dict[str, str], rows: int, schema: pa.Schema, extra: dict[s
 
 
 def write_tables(out_dir: Path, tables: Iterable[pa.Table], schema: pa.Schema, rows_per_shard: int,
-                 extra: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+                 extra: dict[str, Any] | None = None,
+                 beside: Callable[[Path], dict[str, Any]] | None = None) -> dict[str, Any]:  # fmt: skip
     """Write a stream of Arrow tables as shards into `out_dir` atomically (memory: one shard); return the
-    manifest. The same rows give the same bytes as `write_dataset`."""
+    manifest. The same rows give the same bytes as `write_dataset`. `beside(folder)`, when given, first writes
+    more into the folder being made (e.g. an image store in `images/`) and returns entries for the manifest."""
     with atomic_dir(out_dir) as tmp:
+        if beside is not None:
+            extra = {**(extra or {}), **beside(tmp)}
         writer = ShardWriter(tmp, schema, rows_per_shard)
         for table in tables:
             writer.write(table)
@@ -158,7 +167,8 @@ def write_tables(out_dir: Path, tables: Iterable[pa.Table], schema: pa.Schema, r
 
 
 def write_dataset(out_dir: Path, rows: Iterable[dict[str, Any]], schema: pa.Schema, rows_per_shard: int,
-                  extra: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+                  extra: dict[str, Any] | None = None,
+                  beside: Callable[[Path], dict[str, Any]] | None = None) -> dict[str, Any]:  # fmt: skip
     """Write rows as shards into `out_dir` atomically; return the manifest."""
     if rows_per_shard < 1:
         raise ValueError("rows_per_shard must be at least 1")
@@ -173,7 +183,7 @@ def write_dataset(out_dir: Path, rows: Iterable[dict[str, Any]], schema: pa.Sche
         if batch:
             yield pa.Table.from_pylist(batch, schema=schema)
 
-    return write_tables(out_dir, tables(), schema, rows_per_shard, extra)
+    return write_tables(out_dir, tables(), schema, rows_per_shard, extra, beside)
 
 
 def shard_paths(data_dir: Path) -> list[Path]:

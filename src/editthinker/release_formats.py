@@ -13,8 +13,10 @@ a trajectory is written once); paths in the records are relative to the export f
 release's `media_dir` / `data.image_dir`. A record the release's loaders would reject, or one that would not
 read back as written, is not exported: the export report names it and says why.
 
-Import reads either format back into a step-sample dataset (manifest, lineage) that the sft and rl stages
-read. Fields the format does not hold get the defaults in `import_defaults`, and the report lists them.
+Export reads the pixels from the image store the step samples refer to (given explicitly, checked against the
+one their manifest names). Import reads either format back into a step-sample dataset (manifest, lineage) that
+the sft and rl stages read, with its images in an image store of its own, `<out>/images`. Fields the format
+does not hold get the defaults in `import_defaults`, and the report lists them.
 Export then import keeps everything both hold: the two instructions, both images (byte for byte when they
 are PNG), the judge's scores, and for llamafactory the reason, the answer and the answer text.
 """
@@ -32,6 +34,15 @@ from typing import Any, Literal
 
 from PIL import Image
 
+from editthinker.images import (
+    ImageStore,
+    image_record,
+    image_ref_of,
+    open_store_for,
+    sha256_bytes,
+    store_ref,
+    write_image_store,
+)
 from editthinker.lineage import code_version, hash_path
 from editthinker.protocol import (
     IMAGE_TOKEN,
@@ -79,14 +90,14 @@ class Report:
 
 
 # -- images: the one place that knows where a step sample keeps its images ---------------------------------
-def step_images(row: dict[str, Any]) -> tuple[bytes, bytes]:
-    """(I_src, I_edit^{t-1}) of a step sample, as encoded image bytes."""
-    return row["source_png"], row["previous_png"]
+def step_images(row: dict[str, Any], store: ImageStore) -> tuple[bytes, bytes]:
+    """(I_src, I_edit^{t-1}) of a step sample, as encoded image bytes from the image store its hashes are in."""
+    return store.bytes_of(row["source_image"]), store.bytes_of(row["previous_image"])
 
 
-def image_columns(source: bytes, previous: bytes) -> dict[str, bytes]:
-    """The step-sample columns that hold (I_src, I_edit^{t-1})."""
-    return {"source_png": source, "previous_png": previous}
+def image_columns(source: bytes, previous: bytes) -> dict[str, str]:
+    """The step-sample columns that refer to (I_src, I_edit^{t-1}): their sha256s."""
+    return {"source_image": sha256_bytes(source), "previous_image": sha256_bytes(previous)}
 
 
 def _png_bytes(path: Path) -> bytes:
@@ -212,12 +223,18 @@ def export_steps(
     template: str | None = None,
     absolute_paths: bool = False,
     dataset_name: str = DATASET_NAME,
+    images: Path | None = None,
 ) -> Report:
     """Write the step samples in `data` to `out` in a release format (see the module doc); return the report,
-    which is also written to `out/export_report.json`. `template`: the release prompt template text (None:
-    the built-in one); `absolute_paths`: image paths as absolute paths of their final place."""
+    which is also written to `out/export_report.json`. `images`: the image store the samples refer to (checked
+    against the one their manifest names; None: the store their manifest's `path` names beside the dataset);
+    `template`: the release prompt template text (None: the built-in one); `absolute_paths`: image paths as
+    absolute paths of their final place."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; known: {list(FORMATS)}")
+    if images is None:  # an imported dataset keeps its store inside it
+        images = Path(data) / str(image_ref_of(Path(data)).get("path") or IMAGES_DIR)
+    store = open_store_for(Path(data), images)
     template = RELEASE_PROMPT_TEMPLATE if template is None else template
     check_release_template(template)
     out = Path(out)
@@ -225,7 +242,7 @@ def export_steps(
     records: list[dict[str, Any]] = []
     with atomic_dir(out) as tmp:
         for row in iter_rows(Path(data)):
-            problems, record = _export_one(row, fmt, template, tmp)
+            problems, record = _export_one(row, fmt, template, tmp, store)
             if problems:
                 report.skipped.append(Problem(str(row["sample_id"]), problems))
                 continue
@@ -246,8 +263,9 @@ def export_steps(
     return report
 
 
-def _export_one(row: dict[str, Any], fmt: Format, template: str, folder: Path) -> tuple[list[str], dict[str, Any]]:
-    source, previous = step_images(row)
+def _export_one(row: dict[str, Any], fmt: Format, template: str, folder: Path,
+                store: ImageStore) -> tuple[list[str], dict[str, Any]]:  # fmt: skip
+    source, previous = step_images(row, store)
     if not source or not previous:
         return ["an image is missing"], {}
     placeholder = ("source", "previous")  # check the record before writing its images
@@ -296,13 +314,13 @@ def import_defaults(fmt: Format, editor: str, split: str) -> dict[str, Any]:
         "sample_id": f"{fmt}-<record index>",
         "trajectory_id": "= sample_id (the formats hold no trajectories)",
         "task_id": "= sample_id",
+        "source": f"import-{fmt}",
+        "task_type": "",
         "editor": editor,
-        "op": "",
-        "style": "",
         "seed": 0,
         "step": 2,
-        "source_scene": "",
-        "target_scene": "",
+        "reference": None,
+        "metadata": "{}",
         "trajectory_score_var": 0.0,
         "split": split,
     }
@@ -428,13 +446,15 @@ def import_steps(
     report = Report(format=fmt, defaults=import_defaults(fmt, editor, split))
     rows: list[dict[str, Any]] = []
     images_hash = hashlib.sha256()
+    images: dict[str, bytes] = {}
     for i, record in enumerate(_load_records(fmt, path)):
         problems, fields = _import_one(record, fmt, template, image_dir, report)
         if problems:
             report.skipped.append(Problem(str(i), problems))
             continue
-        for png in step_images(fields):
+        for png in fields.pop("_images"):
             images_hash.update(hashlib.sha256(png).digest())
+            images[sha256_bytes(png)] = png
         sample_id = f"{fmt}-{i:06d}"
         rows.append(_step_sample(sample_id, fields, report.defaults))
     report.written = len(rows)
@@ -448,8 +468,13 @@ def import_steps(
         "models": {},
     }
     extra = {"lineage": lineage, "import": {**report.to_dict(), "settings": settings, "source": str(path)}}
-    write_dataset(Path(out), rows, STEP_SAMPLE_SCHEMA, ROWS_PER_SHARD, extra)
-    report.files = [str(out)]
+
+    def store(folder: Path) -> dict[str, Any]:
+        made = write_image_store(folder / IMAGES_DIR, (image_record(images[sha]) for sha in sorted(images)))
+        return {"images": store_ref(made, IMAGES_DIR)}
+
+    write_dataset(Path(out), rows, STEP_SAMPLE_SCHEMA, ROWS_PER_SHARD, extra, store)
+    report.files = [str(out), str(Path(out) / IMAGES_DIR)]
     return report
 
 
@@ -475,7 +500,7 @@ def _import_one(
         images = [_png_bytes(_resolve(p, image_dir)) for p in paths]
     except OSError as exc:  # a missing file, or one PIL cannot read
         return [f"image: {exc}"], {}
-    return [], {**fields, **image_columns(images[0], images[1])}
+    return [], {**fields, **image_columns(images[0], images[1]), "_images": images}
 
 
 def _step_sample(sample_id: str, fields: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:

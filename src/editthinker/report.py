@@ -42,8 +42,8 @@ BROWSER_COLUMNS_LIGHT = [
     "trajectory_id",
     "turn",
     "editor",
-    "op",
-    "style",
+    "source",
+    "task_type",
     "semantic",
     "quality",
     "overall",
@@ -324,7 +324,7 @@ class Run:
     def steps(self, which: str) -> Any:
         path = self.src.sft_data if which == "sft" else self.src.rl_data
         _manifest(path, "split")
-        return _table(path, ["trajectory_id", "op", "target_semantic", "target_quality"]).to_pandas()
+        return _table(path, ["trajectory_id", "task_type", "target_semantic", "target_quality"]).to_pandas()
 
     @cached_property
     def chosen(self) -> list[str]:
@@ -440,7 +440,7 @@ def section_funnel(run: Run) -> str:
         rows.append(["SFT / RL step samples", Raw('<span class="muted">not run</span>'), "", "split"])
     note = (
         "<p>Trajectory bars are relative to the trajectories generated; sample bars to the step samples unrolled "
-        "from the kept trajectories, before balancing by op and score band.</p>"
+        "from the kept trajectories, before balancing by task type and score band.</p>"
     )
     return note + html_table(["", "count", "", "stage"], rows, "funnel")
 
@@ -473,16 +473,35 @@ def section_scores(run: Run) -> str:
                 [("SFT", sft["target_semantic"].tolist()), ("RL", rl["target_semantic"].tolist())], xlabel="semantic"
             ),
         ]
-        ops = sorted(set(sft["op"]) | set(rl["op"]))
-        cs, cr = Counter(sft["op"]), Counter(rl["op"])
-        parts.append(html_table(["op", "SFT samples", "RL samples"], [[o, cs[o], cr[o]] for o in ops], "narrow"))
+        ops = sorted(set(sft["task_type"]) | set(rl["task_type"]))
+        cs, cr = Counter(sft["task_type"]), Counter(rl["task_type"])
+        parts.append(html_table(["task type", "SFT samples", "RL samples"], [[o, cs[o], cr[o]] for o in ops],
+                                "narrow"))  # fmt: skip
     except NotRun:
         parts.append('<p class="muted">Step samples: split not run.</p>')
     return "".join(parts)
 
 
-def _turn_card(row: dict[str, Any], status: str) -> str:
-    uri = png_uri(row.get("image_png"))
+def _image_bytes(images: Any, sha: Any) -> bytes | None:
+    """An image's bytes from the run's image store (None when there is no store or it lacks the hash)."""
+    if images is None or not isinstance(sha, str) or sha not in images:
+        return None
+    data: bytes = images.bytes_of(sha)
+    return data
+
+
+def _store_of(trajectories: Path) -> Any:
+    """The image store of the trajectories (inside the dataset), or None when it cannot be opened."""
+    from editthinker.images import open_store_for
+
+    try:
+        return open_store_for(trajectories, trajectories / "images")
+    except (OSError, ValueError):
+        return None
+
+
+def _turn_card(row: dict[str, Any], status: str, images: Any = None) -> str:
+    uri = png_uri(_image_bytes(images, row.get("image")))
     img = f'<img src="{uri}" alt="turn {row["turn"]}">' if uri else '<div class="noimg">unreadable image</div>'
     badge = {"kept": "kept by filter", "cut": "cut (after the best turn)", "dropped": "trajectory dropped"}.get(
         status, "filter not run"
@@ -519,13 +538,14 @@ def section_trajectories(run: Run) -> str:
     cards: list[str] = []
     editors: set[str] = set()
     ops: set[str] = set()
+    images = _store_of(run.src.trajectories)
     for tid in chosen:
         turns = [r for r in rows if r["trajectory_id"] == tid]
         if not turns:
             continue
         head = turns[0]
         editors.add(head["editor"])
-        ops.add(head["op"])
+        ops.add(head["task_type"])
         outcome = "unknown" if kept is None else "kept" if tid in kept_ids else "dropped"
         statuses = [
             "unknown"
@@ -537,23 +557,23 @@ def section_trajectories(run: Run) -> str:
             else "dropped"
             for r in turns
         ]
-        src = png_uri(head.get("source_png"))
+        src = png_uri(_image_bytes(images, head.get("source_image")))
         src_img = f'<img src="{src}" alt="source">' if src else '<div class="noimg">unreadable image</div>'
         best = max((r["overall"] for r in turns if r["overall"] is not None), default=None)
         summary = (
-            f"<code>{esc(tid)}</code> · {esc(head['editor'])} · {esc(head['op'])} · {esc(head['style'])} · "
+            f"<code>{esc(tid)}</code> · {esc(head['editor'])} · {esc(head['source'])} · {esc(head['task_type'])} · "
             f"{len(turns)} turn(s) · best O {_fmt(best)} · stop: {esc(head['stop_reason'])} · "
             f'<span class="badge {esc(outcome)}">{esc({"unknown": "filter not run"}.get(outcome, outcome))}</span>'
         )
         figures = (
             f'<figure class="turn source">{src_img}<figcaption><div><b>source</b></div>'
             f'<div class="instr">{esc(head["original_instruction"])}</div></figcaption></figure>'
-            + "".join(_turn_card(r, s) for r, s in zip(turns, statuses, strict=True))
+            + "".join(_turn_card(r, s, images) for r, s in zip(turns, statuses, strict=True))
         )
         search = " ".join([tid, head["original_instruction"], *(r["instruction"] for r in turns)]).lower()
         is_open = " open" if len(cards) < OPEN_CARDS else ""
         cards.append(
-            f'<details class="traj"{is_open} data-editor="{esc(head["editor"])}" data-op="{esc(head["op"])}" '
+            f'<details class="traj"{is_open} data-editor="{esc(head["editor"])}" data-op="{esc(head["task_type"])}" '
             f'data-outcome="{esc(outcome)}" data-text="{esc(search)}"><summary>{summary}</summary>'
             f'<div class="turns">{figures}</div></details>'
         )
@@ -568,7 +588,7 @@ def section_trajectories(run: Run) -> str:
     controls = (
         '<div class="controls">'
         f'<label>editor <select id="f-editor"><option value="">all</option>{options}</select></label>'
-        f'<label>op <select id="f-op"><option value="">all</option>{op_options}</select></label>'
+        f'<label>task type <select id="f-op"><option value="">all</option>{op_options}</select></label>'
         '<label>filter <select id="f-outcome"><option value="">all</option><option value="kept">kept</option>'
         '<option value="dropped">dropped</option></select></label>'
         '<label>search <input id="f-text" type="search" placeholder="id or instruction"></label>'

@@ -1,10 +1,11 @@
 """GRPO rewards for the thinker: pure functions of (answer, step sample), registered by name.
 
 Every reward takes the thinker's raw answer text, the step sample it answered (a row of
-STEP_SAMPLE_SCHEMA: source_png, original/previous instruction, target_scene, editor, seed and the judge's
-scores of the previous edit, target_semantic/target_quality) and a RewardContext (the editors and the
-judge). The paper's reward is alpha*R_format + beta*R_critic + gamma*R_edit; the weights come from
-params.rl.rewards. Scales, chosen so the three terms are comparable:
+STEP_SAMPLE_SCHEMA: source_image (a hash: the context's image store gives its bytes), original/previous
+instruction, reference, editor, seed and the judge's scores of the previous edit, target_semantic/target_quality)
+and a RewardContext (the editors, the judge and the image store). The paper's reward is
+alpha*R_format + beta*R_critic + gamma*R_edit; the weights come from params.rl.rewards. Scales, chosen so the
+three terms are comparable:
 
 - format: 1.0 when `parse_thinker_answer` accepts the answer, else 0.0.
 - critic: 1 - (|s - E_sem| + |q - E_qual|) / 20 in [0, 1], where (s, q) is the thinker's score and
@@ -36,6 +37,7 @@ from typing import Any
 
 from editthinker.backends.factory import build_editors, build_judge
 from editthinker.config import Params, RewardWeights
+from editthinker.images import ImageStore
 from editthinker.protocol import parse_thinker_answer, same_instruction
 from editthinker.roles import Editor, EditRequest, Judge, JudgeScore
 
@@ -82,6 +84,13 @@ class RewardContext:
     judge_timeout_s: float = 70.0  # per judge call
     stats: EditCallStats = field(default_factory=EditCallStats)
     locks: Mapping[str, threading.Lock] = field(default_factory=dict)  # one per editor: its calls never overlap
+    images: ImageStore | None = None  # the store the samples' image hashes are in
+
+    def source_png(self, sample: Mapping[str, Any]) -> bytes:
+        """The bytes of the sample's source image, from the image store."""
+        if self.images is None:
+            raise ValueError("the edit reward needs the image store of the step samples (RewardContext.images)")
+        return self.images.bytes_of(str(sample["source_image"]))
 
     def lock_of(self, editor: str) -> threading.Lock:
         lock = self.locks.get(editor)
@@ -90,9 +99,10 @@ class RewardContext:
         return lock
 
 
-def make_context(params: Params) -> RewardContext:
+def make_context(params: Params, images: ImageStore | None = None) -> RewardContext:
     editors = build_editors(params)
     return RewardContext(
+        images=images,
         editors=editors,
         judge=build_judge(params.judge),
         stop_semantic=params.thinker.stop_semantic,
@@ -154,7 +164,7 @@ def edit_rewards(answers: list[str], samples: Sequence[Mapping[str, Any]], ctx: 
                 f"step sample names editor {sample['editor']!r}, not in params.editors {sorted(ctx.editors)}"
             )
         wanted.setdefault(sample["editor"], []).append(
-            (i, EditRequest(sample["source_png"], v.answer, int(sample["seed"])))
+            (i, EditRequest(ctx.source_png(sample), v.answer, int(sample["seed"])))
         )
     edited = _reedit(wanted, ctx)
     for i, new in _judge(edited, samples, ctx).items():
@@ -204,7 +214,7 @@ def _judge(edited: dict[int, bytes], samples: Sequence[Mapping[str, Any]], ctx: 
         calls: dict[int, Future[JudgeScore]] = {}
         for i, png in edited.items():
             s = samples[i]
-            calls[i] = pool.submit(ctx.judge.score, s["source_png"], png, s["original_instruction"], s["target_scene"])
+            calls[i] = pool.submit(ctx.judge.score, ctx.source_png(s), png, s["original_instruction"], s["reference"])
         ctx.stats.add(judged=len(calls))
         for i, call in calls.items():
             try:

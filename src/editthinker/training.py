@@ -28,6 +28,7 @@ from transformers import PreTrainedModel, TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
 from editthinker.config import Params, TrainingParams
+from editthinker.images import ImageStore
 from editthinker.lineage import LINEAGE_FILE, make_lineage
 from editthinker.models.parts import PARTS, freeze, lora_target_names
 from editthinker.models.vlm import checkpoint_id, save_thinker, thinker_messages
@@ -40,13 +41,16 @@ METRICS_FILE = "metrics.json"
 TRAINING_LOGS_ENV = "EDITTHINKER_TRAINING_LOGS"
 
 
-def thinker_dataset(samples: list[dict[str, Any]], completion: bool, keep: tuple[str, ...] = ()) -> Dataset:
-    """Step samples as a trl dataset: `prompt`, `images` (PNG, decoded lazily), `completion` and `keep` columns."""
+def thinker_dataset(samples: list[dict[str, Any]], completion: bool, images: ImageStore,
+                    keep: tuple[str, ...] = ()) -> Dataset:  # fmt: skip
+    """Step samples as a trl dataset: `prompt`, `images` (the encoded bytes of I_src and I_{t-1} from the image
+    store the samples' hashes are in, decoded lazily), `completion` and `keep` columns."""
     rows = []
     for s in samples:
+        pair = [{"bytes": images.bytes_of(s[c]), "path": None} for c in ("source_image", "previous_image")]
         row = {
             "prompt": thinker_messages(s["original_instruction"], s["previous_instruction"]),
-            "images": [{"bytes": s["source_png"], "path": None}, {"bytes": s["previous_png"], "path": None}],
+            "images": pair,
             **{k: s[k] for k in keep},
         }
         if completion:

@@ -23,6 +23,8 @@ class RawRow:
     instruction: str | None
     source_id: str = ""
     task_type: str = ""
+    reference: str | None = None  # a privileged reference (the synthetic world's target scene JSON); None: real data
+    metadata: str = "{}"  # a JSON object of the source's own fields (the synthetic world: op, style, source scene)
 
 
 def _text(value: Any) -> str:

@@ -1,5 +1,6 @@
 """Stage 2, filter: keep a trajectory only if a later turn scores at least as well as the first
-(max(S_t, t>1) >= S_1), and truncate it at its best-scoring turn. S_t is the judge's overall score."""
+(max(S_t, t>1) >= S_1), and truncate it at its best-scoring turn. S_t is the judge's overall score.
+The kept rows refer to the trajectories' image store; the output's manifest names it (`images`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from editthinker.config import FilterConfig, Params
+from editthinker.images import carried_ref
 from editthinker.lineage import make_lineage
 from editthinker.records import TRAJECTORY_SCHEMA, iter_trajectory_tables, read_manifest, write_tables
 from editthinker.stages import sections_of
@@ -94,9 +96,10 @@ def run(params: Params, trajectories: Path, out_dir: Path) -> dict[str, Any]:
         shards = max(1, len(source["files"]))
         models = source["lineage"]["models"]
         lineage = make_lineage("filter", params, SECTIONS, {"trajectories": trajectories}, models)
+        extra = {"lineage": lineage, **counts, "images": carried_ref(trajectories)}  # the same store: no bytes copied
         manifest = write_tables(
             out_dir, kept_tables(trajectories, params.filter, written), TRAJECTORY_SCHEMA,
-            max(1, -(-kept_rows // shards)), {"lineage": lineage, **counts},
+            max(1, -(-kept_rows // shards)), extra,
         )  # fmt: skip
         if written != counts:  # the shards changed between the passes (each pass verified them: cannot happen)
             raise RuntimeError(f"{trajectories}: filter's two passes disagree ({counts} then {written})")

@@ -9,6 +9,18 @@ every unit is done, the dataset is assembled from the units (streamed: memory ho
 shard while it is written) with the same rows, order and shards as an uninterrupted run, byte for byte, and the
 work folder is removed. `restart=True` (CLI `--restart`) throws the finished units away first.
 
+Tasks come from the synthetic world (params `world`, `generate.seed`; the default and the demo's path) or, with
+`tasks` (CLI `--tasks`), from the output folder of `editthinker prepare`: its first `generate.num_tasks` tasks in
+its order. A prepared task keeps its source's privileged reference (a synthetic source's target scene, for the
+synthetic expert and exact judge); a task from real data has none, so its expert sees only I_src, the last edit,
+T_s and T_{t-1}, and its judge must be an API judge: a synthetic expert or judge with reference-less tasks fails
+at start-up.
+
+Images are stored once: rows hold sha256s, and the images live in the dataset's content-addressed image store,
+`<out>/images/` (`editthinker.images`), which the manifest names under `images`. While units are generated, their
+images (the used prepared images, and every edit) wait as files named by their hash in the work folder; the
+store is written from them, in hash order, when the dataset is.
+
 `generate.budget` limits the API cost and calls: checked before each unit, reaching it stops the run
 (`BudgetReached`) with every finished unit kept; a rerun with a larger budget continues.
 
@@ -25,7 +37,7 @@ import heapq
 import itertools
 import json
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,14 +47,15 @@ from tqdm import tqdm
 from editthinker.backends.factory import build_editors, build_expert, build_judge
 from editthinker.backends.openai_api import OpenAICallError
 from editthinker.config import Params
+from editthinker.images import ImageStore, image_record, merge_stores, sha256_bytes, store_ref, write_image_store
 from editthinker.lineage import code_version, make_lineage
 from editthinker.loop import Episode, EpisodeStart, run_episodes
 from editthinker.records import TRAJECTORY_SCHEMA, iter_rows, read_manifest, write_dataset
 from editthinker.stages import sections_of
-from editthinker.storage import writer_lock
+from editthinker.storage import IntegrityError, atomic_write_bytes, write_json, writer_lock
 from editthinker.usage import Usage, api_usage, sum_usage
 from editthinker.world.scene import render_png
-from editthinker.world.tasks import Task, make_tasks
+from editthinker.world.tasks import make_tasks
 
 SECTIONS = sections_of("generate")
 CHUNK = 64  # episodes run in lockstep, so batched backends batch; a chunk succeeds or fails whole
@@ -57,23 +70,143 @@ class BudgetReached(RuntimeError):
     """`generate.budget` was reached: the run stopped at a unit boundary; its finished units stay for a rerun."""
 
 
-def trajectory_rows(task: Task, editor: str, episode: Episode) -> Iterator[dict[str, Any]]:
+WORLD_SOURCE = "world"  # the `source` of the embedded synthetic world's tasks
+IMAGES = "images"  # the image store's folder inside the dataset (and the staged images' inside the work folder)
+
+
+@dataclass(frozen=True)
+class GenTask:
+    """A task as generate runs it, whatever its source: the source image's bytes, the instruction, the task
+    type, an optional privileged reference and the source's own fields (`metadata`, a JSON object)."""
+
+    task_id: str
+    source: str
+    task_type: str
+    instruction: str
+    source_png: bytes
+    reference: str | None
+    metadata: str
+
+
+class WorldTasks:
+    """The embedded synthetic world's tasks (`generate.seed`, params `world`)."""
+
+    def __init__(self, params: Params) -> None:
+        self.params = params
+        self.count = params.generate.num_tasks
+        self.has_reference = True
+
+    def tasks(self, unit: range) -> list[GenTask]:
+        g, w = self.params.generate, self.params.world
+        made = make_tasks(g.seed, unit, w.min_shapes, w.max_shapes, w.styles)
+        return [GenTask(t.task_id, WORLD_SOURCE, t.op.op, t.instruction, render_png(t.source, w.image_size),
+                        t.target.to_json(), t.metadata()) for t in (made[i] for i in unit)]  # fmt: skip
+
+    def key(self) -> dict[str, Any]:
+        return {}
+
+
+class PreparedTasks:
+    """The first `generate.num_tasks` tasks of a prepared folder (`editthinker prepare`), in its order.
+
+    `stage(folder)` copies the images of those tasks (only those) out of the prepared image store into the work
+    folder once, one store shard at a time; `tasks(unit)` then reads a unit's source images from there."""
+
+    COLUMNS = ["task_id", "source", "task_type", "instruction", "image_sha256", "reference", "metadata"]
+
+    def __init__(self, params: Params, folder: Path) -> None:
+        from editthinker.records import read_table
+
+        self.folder = Path(folder)
+        summary_path = self.folder / "prepared.json"
+        if not summary_path.is_file():
+            raise ValueError(f"generate: {self.folder} is not a prepared folder (no prepared.json; run "
+                             f"'editthinker prepare' first)")  # fmt: skip
+        self.summary = json.loads(summary_path.read_text())
+        parts = {"tasks": read_manifest(self.folder / "tasks")["dataset_sha256"],
+                 "images": read_manifest(self.folder / IMAGES)["dataset_sha256"]}  # fmt: skip
+        if parts != self.summary.get("parts_sha256"):
+            raise IntegrityError(f"{self.folder}/prepared.json does not name the tasks and images beside it")
+        table = read_table(self.folder / "tasks", self.COLUMNS)
+        self.count = min(len(table), params.generate.num_tasks)
+        self.table = table.slice(0, self.count).combine_chunks()
+        self.has_reference = self.table.column("reference").null_count == 0
+        self.staged: Path | None = None
+
+    def key(self) -> dict[str, Any]:
+        return {"tasks": self.summary["dataset_sha256"], "tasks_used": self.count}
+
+    def stage(self, work: Path) -> None:
+        """Copy the used images into `work/images/` (once: a marker says it was done)."""
+        self.staged = work / IMAGES
+        done = work / "prepared-images.json"
+        if done.is_file():
+            return
+        wanted = set(self.table.column("image_sha256").to_pylist())
+        store = ImageStore(self.folder / IMAGES)
+        for row in store.iter_images():
+            if row["sha256"] in wanted:
+                _stage_image(self.staged, row["sha256"], row["bytes"])
+                wanted.discard(row["sha256"])
+        if wanted:
+            raise IntegrityError(f"{self.folder}/images lacks {len(wanted)} images its tasks name, e.g. {min(wanted)}")
+        write_json(done, {"images": len(set(self.table.column("image_sha256").to_pylist()))})
+
+    def tasks(self, unit: range) -> list[GenTask]:
+        assert self.staged is not None, "stage() first"
+        part = self.table.slice(unit.start, len(unit)).to_pylist()
+        return [GenTask(r["task_id"], r["source"], r["task_type"], r["instruction"],
+                        _staged_path(self.staged, r["image_sha256"]).read_bytes(), r["reference"],
+                        r["metadata"] or "{}") for r in part]  # fmt: skip
+
+
+TaskSource = WorldTasks | PreparedTasks
+
+
+def _staged_path(folder: Path, sha: str) -> Path:
+    return folder / sha[:2] / sha
+
+
+def _stage_image(folder: Path, sha: str, data: bytes) -> None:
+    """An image's bytes as a file named by its hash (written whole or not at all: a kill leaves no half file)."""
+    path = _staged_path(folder, sha)
+    if not path.exists():
+        atomic_write_bytes(path, data)
+
+
+def check_roles(params: Params, source: TaskSource) -> None:
+    """Reference-less tasks (real data) need an API expert and an API judge: the synthetic ones read the world's
+    target scene, which only synthetic tasks have."""
+    if source.has_reference:
+        return
+    kinds = (("expert", params.expert.kind), ("judge", params.judge.kind))
+    wrong = [f"{role}.kind is synthetic" for role, kind in kinds if kind == "synthetic"]
+    if wrong:
+        raise ValueError(
+            f"generate: the tasks have no privileged reference (real data), but {' and '.join(wrong)}: the synthetic "
+            f"expert and judge need the synthetic world's target scene. Use kind openai (an OpenAI-compatible API) "
+            f"for the expert and the judge with real data"
+        )
+
+
+def trajectory_rows(task: GenTask, editor: str, episode: Episode) -> Iterator[dict[str, Any]]:
+    source_image = sha256_bytes(episode.start.source_png)
     for t in episode.turns:
         c = t.critique if t.critique is not None and t.critique.format_ok else None
         yield {
             "trajectory_id": f"{task.task_id}-{editor}",
             "task_id": task.task_id,
+            "source": task.source,
+            "task_type": task.task_type,
             "editor": editor,
-            "op": task.op.op,
-            "style": task.style,
             "seed": episode.start.seed,
-            "source_scene": task.source.to_json(),
-            "target_scene": task.target.to_json(),
-            "source_png": episode.start.source_png,
+            "reference": task.reference,
+            "metadata": task.metadata,
+            "source_image": source_image,
             "original_instruction": task.instruction,
             "turn": t.turn,
             "instruction": t.instruction,
-            "image_png": t.image_png,
+            "image": sha256_bytes(t.image_png),
             "semantic": t.score.semantic if t.score else None,
             "quality": t.score.quality if t.score else None,
             "overall": t.score.overall if t.score else None,
@@ -97,12 +230,15 @@ def unit_ranges(indices: range, unit_tasks: int) -> list[range]:
     ]
 
 
-def resume_key(params: Params) -> str:
-    """What finished units are valid for: generate's sections but `generate.budget`, and the stage's code."""
+def resume_key(params: Params, source: TaskSource | None = None) -> str:
+    """What finished units are valid for: generate's sections but `generate.budget`, the stage's code, and the
+    prepared tasks when there are."""
     dump = params.model_dump(mode="json")
     picked = {k: dump[k] for k in SECTIONS}
     picked["generate"] = {k: v for k, v in picked["generate"].items() if k != "budget"}
     picked["code_version"] = code_version(__name__)
+    if source is not None and source.key():
+        picked["tasks"] = source.key()
     return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -149,25 +285,25 @@ def _usage_since(now: Usage, before: Usage) -> Usage:
     }
 
 
-def _unit_rows(params: Params, roles: _Roles, unit: range) -> list[dict[str, Any]]:
-    """Trajectory rows of the world tasks of `unit`, sorted.
+def _unit_rows(params: Params, roles: _Roles, unit: range, source: TaskSource | None = None,
+               images: dict[str, bytes] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Trajectory rows of the tasks of `unit` (the world's unless `source` says), sorted; `images` gets every
+    image the rows refer to, by hash.
 
     A task's episode depends only on the task, its editor (task index modulo the number of editors) and the
     seeds, never on which other tasks run beside it: any partition of the tasks gives the same rows.
     """
-    g, w = params.generate, params.world
+    g = params.generate
+    source = source or WorldTasks(params)
     names = list(roles.editors)
-    tasks = make_tasks(g.seed, unit, w.min_shapes, w.max_shapes, w.styles)
+    tasks = dict(zip(unit, source.tasks(unit), strict=True))
     rows: list[dict[str, Any]] = []
     for name in names:
         # split across editors
         mine = [(i, tasks[i]) for i in unit if i % len(names) == names.index(name)]
         for k in range(0, len(mine), CHUNK):
             chunk = mine[k : k + CHUNK]
-            starts = [
-                EpisodeStart(t.task_id, render_png(t.source, w.image_size), t.instruction, i, t.target.to_json())
-                for i, t in chunk
-            ]
+            starts = [EpisodeStart(t.task_id, t.source_png, t.instruction, i, t.reference) for i, t in chunk]
             try:
                 episodes = run_episodes(starts, roles.editors[name], roles.expert, roles.judge, g.max_turns)
             except OpenAICallError as exc:
@@ -178,6 +314,9 @@ def _unit_rows(params: Params, roles: _Roles, unit: range) -> list[dict[str, Any
                 ) from exc
             for (_, t), e in zip(chunk, episodes, strict=True):
                 rows.extend(trajectory_rows(t, name, e))
+                if images is not None:
+                    images[sha256_bytes(e.start.source_png)] = e.start.source_png
+                    images.update((sha256_bytes(turn.image_png), turn.image_png) for turn in e.turns)
     rows.sort(key=_row_key)
     return rows
 
@@ -212,6 +351,19 @@ class _Finished:
     manifests: list[dict[str, Any]]
     models: dict[str, str]
     usage: Usage
+    staged: Path  # the images the units' rows refer to, as files named by their hash
+
+    def image_shas(self) -> list[str]:
+        """Every image the rows refer to, sorted, each once."""
+        return sorted({sha for m in self.manifests for sha in m[IMAGES]})
+
+    def images(self) -> Iterator[dict[str, Any]]:
+        """The store rows of those images, in hash order (read one at a time from the staged files)."""
+        for sha in self.image_shas():
+            data = _staged_path(self.staged, sha).read_bytes()
+            if sha256_bytes(data) != sha:
+                raise IntegrityError(f"{_staged_path(self.staged, sha)}: its bytes are not the image {sha}")
+            yield image_record(data)
 
     @property
     def rows(self) -> int:
@@ -232,12 +384,22 @@ def _sorted_stream(parts: list[tuple[tuple[Any, ...], tuple[Any, ...], Path]]) -
     return heapq.merge(*(iter_rows(d) for _, _, d in parts), key=_row_key)
 
 
-def _generate_units(params: Params, indices: range, out_dir: Path, restart: bool) -> _Finished:
+def task_source(params: Params, tasks: Path | None) -> TaskSource:
+    """The world's tasks, or a prepared folder's; the roles are checked against them (`check_roles`)."""
+    source: TaskSource = WorldTasks(params) if tasks is None else PreparedTasks(params, Path(tasks))
+    check_roles(params, source)
+    return source
+
+
+def _generate_units(params: Params, indices: range, out_dir: Path, restart: bool, source: TaskSource) -> _Finished:
     """Generate every unit of `indices` not yet finished beside `out_dir` (all of them after `restart`)."""
     root = units_root(out_dir)
     if restart and root.exists():
         shutil.rmtree(root)
-    work = root / resume_key(params)
+    work = root / resume_key(params, source)
+    staged = work / IMAGES
+    if isinstance(source, PreparedTasks):
+        source.stage(work)
     units = unit_ranges(indices, params.generate.unit_tasks)
     dirs = [_unit_dir(work, u) for u in units]
     manifests: dict[int, dict[str, Any]] = {}
@@ -260,10 +422,14 @@ def _generate_units(params: Params, indices: range, out_dir: Path, restart: bool
                 raise BudgetReached(f"{stop} (finished units in {work})")
             roles = roles or _Roles.build(params)
             before = roles.usage()
-            rows = _unit_rows(params, roles, unit)
+            images: dict[str, bytes] = {}
+            rows = _unit_rows(params, roles, unit, source, images)
             spent = _usage_since(roles.usage(), before)
+            for sha in sorted(images):  # staged before the unit is written: a written unit's images are there
+                _stage_image(staged, sha, images[sha])
             extra = {"generate_unit": [unit.start, unit.stop], "keys": [_row_key(rows[0]), _row_key(rows[-1])],
-                     "models": roles.models(), "api_usage": spent}  # fmt: skip
+                     "models": roles.models(), "api_usage": spent, IMAGES: sorted(images)}  # fmt: skip
+            del images
             manifests[k] = write_dataset(d, rows, TRAJECTORY_SCHEMA, max(1, len(rows)), extra)
             usage = sum_usage([usage, spent])
             bar.update(len(unit))
@@ -277,60 +443,82 @@ def _generate_units(params: Params, indices: range, out_dir: Path, restart: bool
     for d, m in zip(dirs, ordered, strict=True):
         if m["models"] != models:
             raise ValueError(f"generate: unit {d} was made by other models ({m['models']} != {models})")
-    return _Finished(dirs, ordered, models, usage)
+    return _Finished(dirs, ordered, models, usage, staged)
 
 
-def _write(params: Params, out_dir: Path, rows: Iterable[dict[str, Any]], n_rows: int, models: dict[str, str],
-           usage: Usage) -> dict[str, Any]:  # fmt: skip
-    """The dataset of all tasks from `rows` (in dataset order), in `generate.shards` shards."""
+def _store_writer(images: Callable[[], Iterable[dict[str, Any]]]) -> Callable[[Path], dict[str, Any]]:
+    """Writes the image store into the dataset folder being made; its reference goes in the manifest."""
+
+    def write(folder: Path) -> dict[str, Any]:
+        return {IMAGES: store_ref(write_image_store(folder / IMAGES, images()), IMAGES)}
+
+    return write
+
+
+def _inputs(tasks: Path | None) -> dict[str, Path]:
+    return {} if tasks is None else {"tasks": Path(tasks) / "tasks", "task_images": Path(tasks) / IMAGES}
+
+
+def _write(params: Params, out_dir: Path, rows: Iterable[dict[str, Any]], n_rows: int, lineage: dict[str, Any],
+           usage: Usage, images: Callable[[], Iterable[dict[str, Any]]],
+           trajectories: int) -> dict[str, Any]:  # fmt: skip
+    """The dataset of all tasks from `rows` (in dataset order), in `generate.shards` shards, and its image
+    store from `images` (in hash order)."""
     g = params.generate
     per_shard = max(1, -(-n_rows // g.shards))
-    extra: dict[str, Any] = {
-        "lineage": make_lineage("generate", params, SECTIONS, {}, models),
-        "trajectories": g.num_tasks,
-    }
+    extra: dict[str, Any] = {"lineage": lineage, "trajectories": trajectories}
     if usage:
         extra["api_usage"] = usage
-    return write_dataset(out_dir, rows, TRAJECTORY_SCHEMA, per_shard, extra)
+    return write_dataset(out_dir, rows, TRAJECTORY_SCHEMA, per_shard, extra, _store_writer(images))
 
 
-def run(params: Params, out_dir: Path, restart: bool = False) -> dict[str, Any]:
-    """The trajectories of all tasks at `out_dir`, resuming the finished units of an earlier run of the same
-    params (`restart`: generate every unit again)."""
+def run(params: Params, out_dir: Path, restart: bool = False, tasks: Path | None = None) -> dict[str, Any]:
+    """The trajectories of all tasks (the world's, or the prepared folder `tasks`'s) at `out_dir`, with their
+    image store in `out_dir/images`, resuming the finished units of an earlier run of the same params and tasks
+    (`restart`: generate every unit again)."""
     with writer_lock(out_dir):
-        done = _generate_units(params, range(params.generate.num_tasks), out_dir, restart)
-        manifest = _write(params, out_dir, done.iter_rows(), done.rows, done.models, done.usage)
+        source = task_source(params, tasks)
+        done = _generate_units(params, range(source.count), out_dir, restart, source)
+        lineage = make_lineage("generate", params, SECTIONS, _inputs(tasks), done.models)
+        manifest = _write(params, out_dir, done.iter_rows(), done.rows, lineage, done.usage, done.images, source.count)
         shutil.rmtree(units_root(out_dir), ignore_errors=True)
         return manifest
 
 
-def shard_tasks(params: Params, shard: int) -> range:
-    """The task indices of generation shard `shard` of `generate.shards`: contiguous, sizes differ by <= 1."""
+def shard_tasks(params: Params, shard: int, count: int | None = None) -> range:
+    """The task indices of generation shard `shard` of `generate.shards` over `count` tasks (default
+    `generate.num_tasks`): contiguous, sizes differ by <= 1."""
     g = params.generate
+    n = g.num_tasks if count is None else count
     if not 0 <= shard < g.shards:
         raise ValueError(f"generate: shard {shard} is outside 0..{g.shards - 1} (generate.shards = {g.shards})")
-    return range(shard * g.num_tasks // g.shards, (shard + 1) * g.num_tasks // g.shards)
+    return range(shard * n // g.shards, (shard + 1) * n // g.shards)
 
 
-def run_shard(params: Params, shard: int, out_dir: Path, restart: bool = False) -> dict[str, Any]:
-    """One generation shard (for a fan-out): the rows of `shard_tasks(params, shard)`, as one parquet file.
+def run_shard(params: Params, shard: int, out_dir: Path, restart: bool = False,
+              tasks: Path | None = None) -> dict[str, Any]:  # fmt: skip
+    """One generation shard (for a fan-out): the rows of `shard_tasks(params, shard)`, as one parquet file, with
+    the images they refer to in `out_dir/images`.
 
     Its units live beside `out_dir` until it is written, so a retried shard resumes them. `gather` over all
     shards' outputs writes the same dataset, byte for byte, as `run`.
     """
-    indices = shard_tasks(params, shard)
     with writer_lock(out_dir):
-        done = _generate_units(params, indices, out_dir, restart)
+        source = task_source(params, tasks)
+        indices = shard_tasks(params, shard, source.count)
+        done = _generate_units(params, indices, out_dir, restart, source)
         extra: dict[str, Any] = {
-            "generate_shard": {"shard": shard, "of": params.generate.shards, "tasks": [indices.start, indices.stop]},
-            "lineage": make_lineage("generate", params, SECTIONS, {}, done.models),
+            "generate_shard": {"shard": shard, "of": params.generate.shards, "tasks": [indices.start, indices.stop],
+                               "count": source.count},
+            "lineage": make_lineage("generate", params, SECTIONS, _inputs(tasks), done.models),
         }
         if done.manifests:  # the key range of its rows, so `gather` streams the shards one after another
             extra["keys"] = [min(tuple(m["keys"][0]) for m in done.manifests),
                              max(tuple(m["keys"][1]) for m in done.manifests)]  # fmt: skip
         if done.usage:
             extra["api_usage"] = done.usage
-        manifest = write_dataset(out_dir, done.iter_rows(), TRAJECTORY_SCHEMA, max(1, done.rows), extra)
+        manifest = write_dataset(out_dir, done.iter_rows(), TRAJECTORY_SCHEMA, max(1, done.rows), extra,
+                                 _store_writer(done.images))  # fmt: skip
         shutil.rmtree(units_root(out_dir), ignore_errors=True)
         return manifest
 
@@ -342,12 +530,14 @@ def gather(params: Params, shard_dirs: list[Path], out_dir: Path) -> dict[str, A
 
 
 def _gather(params: Params, shard_dirs: list[Path], out_dir: Path) -> dict[str, Any]:
-    expected = make_lineage("generate", params, SECTIONS, {}, {})["params_sha256"]
+    expected = params.section_hash(*SECTIONS)
     seen: dict[int, Path] = {}
     models: dict[str, str] | None = None
     parts: list[tuple[tuple[Any, ...], tuple[Any, ...], Path]] = []
     n_rows = 0
     usages = []
+    inputs: list[dict[str, Any]] = []
+    counts: set[int] = set()
     for d in shard_dirs:
         manifest = read_manifest(Path(d))
         usages.append(manifest.get("api_usage", {}))
@@ -364,7 +554,14 @@ def _gather(params: Params, shard_dirs: list[Path], out_dir: Path) -> dict[str, 
         first, last = manifest.get("keys") or [("", -1), ("\U0010ffff", 0)]  # unknown: merged with the others
         parts.append((tuple(first), tuple(last), Path(d)))
         n_rows += int(manifest["rows"])
+        inputs.append({k: lineage.get(k, {}) for k in ("inputs", "input_sizes")})
+        counts.add(int(info.get("count", params.generate.num_tasks)))
     missing = sorted(set(range(params.generate.shards)) - set(seen))
     if missing:
         raise ValueError(f"generate: shards {missing} of {params.generate.shards} are missing")
-    return _write(params, out_dir, _sorted_stream(parts), n_rows, models or {}, sum_usage(usages))
+    if len({json.dumps(i, sort_keys=True) for i in inputs}) > 1:
+        raise ValueError("generate: the shards were made from different prepared tasks")
+    stores = [Path(d) / IMAGES for d in shard_dirs]
+    lineage = {**make_lineage("generate", params, SECTIONS, {}, models or {}), **(inputs[0] if inputs else {})}
+    return _write(params, out_dir, _sorted_stream(parts), n_rows, lineage, sum_usage(usages),
+                  lambda: merge_stores(stores), counts.pop() if counts else params.generate.num_tasks)

@@ -20,6 +20,7 @@ from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from editthinker.config import Params, RLParams
+from editthinker.images import ImageStore, open_store_for
 from editthinker.lineage import verify_checkpoint
 from editthinker.models.vlm import kind_of, load_base
 from editthinker.records import iter_rows
@@ -41,7 +42,7 @@ from editthinker.training import (
 )
 
 # the step-sample columns the rewards read (they reach the reward functions as keyword arguments)
-REWARD_COLUMNS = ("editor", "seed", "source_png", "original_instruction", "previous_instruction", "target_scene",
+REWARD_COLUMNS = ("editor", "seed", "source_image", "original_instruction", "previous_instruction", "reference",
                   "target_semantic", "target_quality")  # fmt: skip
 EDIT_CALLS_FILE = "edit_calls.json"  # the edit reward's call counts, saved with each checkpoint
 
@@ -72,19 +73,24 @@ def vllm_settings(cfg: RLParams) -> dict[str, Any]:
     return settings
 
 
-def run(params: Params, rl_data: Path, sft_checkpoint: Path, out_dir: Path, restart: bool = False) -> dict[str, Any]:
+def run(params: Params, rl_data: Path, sft_checkpoint: Path, out_dir: Path, images: Path,
+        restart: bool = False) -> dict[str, Any]:  # fmt: skip
+    """GRPO on the step samples `rl_data`, whose images are in the store `images` (checked to be the one their
+    manifest names, before anything is trained)."""
     with output_lock(out_dir):
         verify_checkpoint(Path(sft_checkpoint))  # before the samples are read: fail early
-        return _run(params, rl_data, sft_checkpoint, out_dir, restart)
+        store = open_store_for(Path(rl_data), Path(images))
+        return _run(params, rl_data, sft_checkpoint, out_dir, images, store, restart)
 
 
-def _run(params: Params, rl_data: Path, sft_checkpoint: Path, out_dir: Path, restart: bool) -> dict[str, Any]:
+def _run(params: Params, rl_data: Path, sft_checkpoint: Path, out_dir: Path, images: Path, store: ImageStore,
+         restart: bool) -> dict[str, Any]:  # fmt: skip
     cfg = params.rl
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     samples = list(iter_rows(Path(rl_data)))
-    dataset = thinker_dataset(samples, completion=False, keep=REWARD_COLUMNS)
-    inputs = {"rl_data": Path(rl_data), "sft_checkpoint": Path(sft_checkpoint)}
+    dataset = thinker_dataset(samples, completion=False, images=store, keep=REWARD_COLUMNS)
+    inputs = {"rl_data": Path(rl_data), "sft_checkpoint": Path(sft_checkpoint), "images": Path(images)}
     work = work_dir(Path(out_dir), "rl", run_key("rl", params, sections_of("rl"), inputs))
     quantization = cfg.lora.quantization if cfg.lora else "none"
     remote_code = params.thinker.trust_remote_code
@@ -92,7 +98,7 @@ def _run(params: Params, rl_data: Path, sft_checkpoint: Path, out_dir: Path, res
                                  quantization=quantization)  # fmt: skip
     peft_config = prepare_model(model, cfg)
     model.train()
-    ctx = make_context(params)
+    ctx = make_context(params, store)
     weights = weights_of(cfg.rewards)
     names = list(REWARDS)
     args = GRPOConfig(

@@ -16,6 +16,7 @@ import torch
 from trl import SFTConfig, SFTTrainer
 
 from editthinker.config import Params, SFTParams, ThinkerModelConfig
+from editthinker.images import open_store_for
 from editthinker.models.tiny_vlm import QWEN3_KIND, build_tiny_qwen3_thinker, build_tiny_thinker
 from editthinker.models.vlm import checkpoint_id, family_of, load_base, set_image_pixels
 from editthinker.records import iter_rows
@@ -63,18 +64,21 @@ def base_id(base: str, revision: str | None, commit: str | None) -> str:
     return f"{base}@{commit or revision or 'main'}"
 
 
-def run(params: Params, sft_data: Path, out_dir: Path, restart: bool = False) -> dict[str, Any]:
+def run(params: Params, sft_data: Path, out_dir: Path, images: Path, restart: bool = False) -> dict[str, Any]:
+    """Train on the step samples `sft_data`, whose images are in the store `images` (the one their manifest
+    names: checked before anything is trained)."""
     with output_lock(out_dir):
-        return _run(params, sft_data, out_dir, restart)
+        return _run(params, sft_data, out_dir, images, restart)
 
 
-def _run(params: Params, sft_data: Path, out_dir: Path, restart: bool) -> dict[str, Any]:
+def _run(params: Params, sft_data: Path, out_dir: Path, images: Path, restart: bool) -> dict[str, Any]:
     cfg = params.sft
+    store = open_store_for(Path(sft_data), Path(images))
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     samples = list(iter_rows(Path(sft_data)))
-    dataset = thinker_dataset(samples, completion=True)
-    inputs = {"sft_data": Path(sft_data)}
+    dataset = thinker_dataset(samples, completion=True, images=store)
+    inputs = {"sft_data": Path(sft_data), "images": Path(images)}
     work = work_dir(Path(out_dir), "sft", run_key("sft", params, sections_of("sft"), inputs))
     model, processor, kind, models = start_thinker(params.thinker, cfg)
     peft_config = prepare_model(model, cfg)

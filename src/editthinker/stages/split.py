@@ -1,5 +1,6 @@
 """Stage 3, unroll & split: every critiqued turn becomes a step sample; samples are balanced by task type
-and score band; trajectories whose score variance exceeds the threshold go to RL, the rest to SFT."""
+and score band; trajectories whose score variance exceeds the threshold go to RL, the rest to SFT. Step samples
+refer to images by hash, in the store the filtered trajectories name; both outputs name it too (`images`)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from editthinker.config import Params
+from editthinker.images import carried_ref
 from editthinker.lineage import make_lineage
 from editthinker.protocol import format_thinker_answer
 from editthinker.records import STEP_SAMPLE_SCHEMA, iter_trajectory_tables, read_manifest, write_tables
@@ -28,7 +30,8 @@ SECTIONS = sections_of("split")
 ROWS_PER_SHARD = 4096
 SPILL_ROWS = 16 * ROWS_PER_SHARD  # rows per sorted-run bucket of the second pass (memory: one bucket)
 # the columns the first pass reads (no images)
-SUMMARY_COLUMNS = ["trajectory_id", "turn", "overall", "semantic", "has_critique", "op"]
+SUMMARY_COLUMNS = ["trajectory_id", "turn", "overall", "semantic", "has_critique", "task_type"]
+CARRIED = ("trajectory_id", "task_id", "source", "task_type", "editor", "seed")  # copied from the turn as they are
 
 
 @lru_cache(maxsize=65536)
@@ -49,12 +52,12 @@ def unroll(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out.append(
             {
                 "sample_id": f"{t['trajectory_id']}-s{t['turn'] + 1}",
-                **{k: t[k] for k in ("trajectory_id", "task_id", "editor", "op", "style", "seed")},
+                **{k: t[k] for k in CARRIED},
                 "step": t["turn"] + 1,
-                "source_scene": t["source_scene"],
-                "target_scene": t["target_scene"],
-                "source_png": t["source_png"],
-                "previous_png": t["image_png"],
+                "reference": t["reference"],
+                "metadata": t["metadata"],
+                "source_image": t["source_image"],
+                "previous_image": t["image"],
                 "original_instruction": t["original_instruction"],
                 "previous_instruction": t["instruction"],
                 "target_reason": t["critique_reason"],
@@ -91,11 +94,12 @@ def score_band(semantic: float) -> str:
 
 
 def balanced_ids(samples: Iterable[tuple[str, str, float]], max_ratio: float, seed: int) -> set[str]:
-    """Of (sample_id, op, target_semantic) triples: the ids kept when every (op, score band) group is capped at
-    max_ratio x the median group size; a group's kept samples are chosen by a seeded hash of their id."""
+    """Of (sample_id, task_type, target_semantic) triples: the ids kept when every (task type, score band) group
+    is capped at max_ratio x the median group size; a group's kept samples are chosen by a seeded hash of their
+    id. (The synthetic world's task type is its op.)"""
     groups: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for sample_id, op, semantic in samples:
-        groups[(op, score_band(semantic))].append(sample_id)
+    for sample_id, task_type, semantic in samples:
+        groups[(task_type, score_band(semantic))].append(sample_id)
     if not groups:
         return set()
     cap = max(1, int(max_ratio * median(len(g) for g in groups.values())))
@@ -106,8 +110,8 @@ def balanced_ids(samples: Iterable[tuple[str, str, float]], max_ratio: float, se
 
 
 def balance(samples: list[dict[str, Any]], max_ratio: float, seed: int) -> list[dict[str, Any]]:
-    """Cap every (op, score band) group at max_ratio x the median group size (balanced_ids), sorted by id."""
-    keep = balanced_ids(((s["sample_id"], s["op"], s["target_semantic"]) for s in samples), max_ratio, seed)
+    """Cap every (task type, score band) group at max_ratio x the median group size (balanced_ids), sorted by id."""
+    keep = balanced_ids(((s["sample_id"], s["task_type"], s["target_semantic"]) for s in samples), max_ratio, seed)
     return sorted((s for s in samples if s["sample_id"] in keep), key=lambda s: s["sample_id"])
 
 
@@ -123,8 +127,8 @@ def _trajectory_runs(ids: list[str]) -> Iterator[list[int]]:
 
 
 def _summaries(filtered: Path) -> tuple[list[tuple[str, float]], list[tuple[str, str, float, str]]]:
-    """Pass 1 (no images): (trajectory_id, score variance) of every trajectory with a step sample, and
-    (sample_id, op, target_semantic, trajectory_id) of every step sample."""
+    """Pass 1 (small columns): (trajectory_id, score variance) of every trajectory with a step sample, and
+    (sample_id, task_type, target_semantic, trajectory_id) of every step sample."""
     variances: list[tuple[str, float]] = []
     samples: list[tuple[str, str, float, str]] = []
     for table in iter_trajectory_tables(filtered, SUMMARY_COLUMNS):
@@ -132,7 +136,7 @@ def _summaries(filtered: Path) -> tuple[list[tuple[str, float]], list[tuple[str,
         for index in _trajectory_runs(cols["trajectory_id"]):
             index.sort(key=cols["turn"].__getitem__)
             tid = cols["trajectory_id"][index[0]]
-            steps = [(f"{tid}-s{cols['turn'][i] + 1}", cols["op"][i], cols["semantic"][i]) for i in index
+            steps = [(f"{tid}-s{cols['turn'][i] + 1}", cols["task_type"][i], cols["semantic"][i]) for i in index
                      if cols["has_critique"][i]]  # fmt: skip
             if not steps:
                 continue
@@ -161,12 +165,12 @@ def step_samples(table: pa.Table) -> pa.Table:
     text = [format_thinker_answer(*a) for a in zip(reason, semantic, quality, answer.to_pylist(), strict=True)]
     columns = {
         "sample_id": pc.binary_join_element_wise(t.column("trajectory_id"), pc.cast(step, pa.string()), "-s"),
-        **{k: t.column(k) for k in ("trajectory_id", "task_id", "editor", "op", "style", "seed")},
+        **{k: t.column(k) for k in CARRIED},
         "step": step,
-        "source_scene": t.column("source_scene"),
-        "target_scene": t.column("target_scene"),
-        "source_png": t.column("source_png"),
-        "previous_png": t.column("image_png"),
+        "reference": t.column("reference"),
+        "metadata": t.column("metadata"),
+        "source_image": t.column("source_image"),
+        "previous_image": t.column("image"),
         "original_instruction": t.column("original_instruction"),
         "previous_instruction": t.column("instruction"),
         "target_reason": t.column("critique_reason"),
@@ -249,7 +253,8 @@ def _run(params: Params, filtered: Path, sft_dir: Path, rl_dir: Path) -> dict[st
                 if len(part):
                     split_column = pa.array([name] * len(part), pa.string())
                     spills[name].add(part.set_column(part.schema.get_field_index("split"), "split", split_column))
+        images = carried_ref(filtered)  # the same store: no bytes copied
         for name, out in (("sft", sft_dir), ("rl", rl_dir)):
-            extra = {"lineage": lineage, "unbalanced_rows": unbalanced[name]}
+            extra = {"lineage": lineage, "unbalanced_rows": unbalanced[name], "images": images}
             result[name] = write_tables(out, spills[name].sorted_tables(), STEP_SAMPLE_SCHEMA, ROWS_PER_SHARD, extra)
     return result

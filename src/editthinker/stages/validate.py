@@ -45,13 +45,13 @@ ID_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 # Computed columns: name -> what it checks (the suite expects each to be True).
 TRAJECTORY_DERIVED = {
-    "source_png_ok": "source_png decodes as a PNG of the configured size",
-    "image_png_ok": "image_png decodes as a PNG of the configured size",
+    "source_image_ok": "source_image is in the image store and decodes at its recorded size",
+    "image_ok": "image is in the image store and decodes at its recorded size",
     "overall_error": "|overall - sqrt(semantic * quality)|",
 }
 STEP_DERIVED = {
-    "source_png_ok": "source_png decodes as a PNG of the configured size",
-    "previous_png_ok": "previous_png decodes as a PNG of the configured size",
+    "source_image_ok": "source_image is in the image store and decodes at its recorded size",
+    "previous_image_ok": "previous_image is in the image store and decodes at its recorded size",
     "target_text_ok": "target_text parses as a thinker answer",
 }
 
@@ -72,12 +72,10 @@ def trajectory_suite(params: Params) -> Any:
     import great_expectations.expectations as gxe
 
     from editthinker.records import TRAJECTORY_SCHEMA
-    from editthinker.world.language import OPS
 
-    size = params.world.image_size
     ex: list[Any] = [gxe.ExpectColumnToExist(column=c) for c in TRAJECTORY_SCHEMA.names]
-    ex += _not_null(gxe, ["trajectory_id", "task_id", "turn", "original_instruction", "instruction"])
-    ex += _not_null(gxe, ["source_png", "image_png", "semantic", "quality", "overall"])
+    ex += _not_null(gxe, ["trajectory_id", "task_id", "turn", "original_instruction", "instruction", "task_type"])
+    ex += _not_null(gxe, ["source_image", "image", "semantic", "quality", "overall"])
     ex += [
         gxe.ExpectColumnValuesToBeBetween(column="turn", min_value=1, description="turns count from 1"),
         *(gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0, max_value=10) for c in _SCORES),
@@ -85,9 +83,8 @@ def trajectory_suite(params: Params) -> Any:
             column="overall_error", min_value=0, max_value=SCORE_TOLERANCE, description="overall == sqrt(SC * PQ)"
         ),
         gxe.ExpectColumnValuesToBeInSet(column="editor", value_set=[e.name for e in params.editors]),
-        gxe.ExpectColumnValuesToBeInSet(column="op", value_set=list(OPS)),
-        _is_true(gxe, "source_png_ok", f"source_png decodes as a {size}x{size} PNG"),
-        _is_true(gxe, "image_png_ok", f"image_png decodes as a {size}x{size} PNG"),
+        _is_true(gxe, "source_image_ok", TRAJECTORY_DERIVED["source_image_ok"]),
+        _is_true(gxe, "image_ok", TRAJECTORY_DERIVED["image_ok"]),
         gxe.ExpectCompoundColumnsToBeUnique(column_list=["trajectory_id", "turn"], description="one row per turn"),
     ]
     return gx.ExpectationSuite(name="trajectories", expectations=ex)
@@ -99,12 +96,10 @@ def step_sample_suite(params: Params, split: str) -> Any:
     import great_expectations.expectations as gxe
 
     from editthinker.records import STEP_SAMPLE_SCHEMA
-    from editthinker.world.language import OPS
 
-    size = params.world.image_size
     ex: list[Any] = [gxe.ExpectColumnToExist(column=c) for c in STEP_SAMPLE_SCHEMA.names]
-    ex += _not_null(gxe, ["sample_id", "trajectory_id", "task_id", "step", "original_instruction"])
-    ex += _not_null(gxe, ["previous_instruction", "target_answer", "target_text", "source_png", "previous_png"])
+    ex += _not_null(gxe, ["sample_id", "trajectory_id", "task_id", "step", "original_instruction", "task_type"])
+    ex += _not_null(gxe, ["previous_instruction", "target_answer", "target_text", "source_image", "previous_image"])
     ex += _not_null(gxe, ["target_semantic", "target_quality"])
     ex += [
         gxe.ExpectColumnValuesToBeBetween(column="step", min_value=2, description="step 1 has nothing to refine"),
@@ -112,10 +107,9 @@ def step_sample_suite(params: Params, split: str) -> Any:
         gxe.ExpectColumnValuesToBeBetween(column="target_quality", min_value=0, max_value=10),
         gxe.ExpectColumnValuesToBeInSet(column="split", value_set=[split]),
         gxe.ExpectColumnValuesToBeInSet(column="editor", value_set=[e.name for e in params.editors]),
-        gxe.ExpectColumnValuesToBeInSet(column="op", value_set=list(OPS)),
         _is_true(gxe, "target_text_ok", "target_text parses with protocol.parse_thinker_answer"),
-        _is_true(gxe, "source_png_ok", f"source_png decodes as a {size}x{size} PNG"),
-        _is_true(gxe, "previous_png_ok", f"previous_png decodes as a {size}x{size} PNG"),
+        _is_true(gxe, "source_image_ok", STEP_DERIVED["source_image_ok"]),
+        _is_true(gxe, "previous_image_ok", STEP_DERIVED["previous_image_ok"]),
         gxe.ExpectColumnValuesToBeUnique(column="sample_id"),
     ]
     return gx.ExpectationSuite(name=split, expectations=ex)
@@ -133,32 +127,31 @@ def _is_true(gxe: Any, column: str, description: str) -> Any:
 
 
 class _ImageChecker:
-    """Does a value decode (world.scene.from_png) as a PNG of size x size? Memoised on the bytes:
-    a trajectory's source image repeats in every turn and every step sample."""
+    """Is a value the sha256 of an image in the store that decodes at the width and height the store records?
+    Memoised on the hash: a trajectory's source image repeats in every turn and every step sample. Without a
+    store (None: it could not be opened) every image fails."""
 
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._seen: dict[bytes, bool] = {}
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self._seen: dict[str, bool] = {}
 
-    def __call__(self, data: Any) -> bool:
-        if not isinstance(data, bytes | bytearray):
+    def __call__(self, sha: Any) -> bool:
+        if not isinstance(sha, str) or self.store is None:
             return False
-        data = bytes(data)
-        ok = self._seen.get(data)
+        ok = self._seen.get(sha)
         if ok is None:
-            ok = self._seen[data] = self._decode(data)
+            ok = self._seen[sha] = self._decode(sha)
         return ok
 
-    def _decode(self, data: bytes) -> bool:
-        from editthinker.world.scene import from_png
-
-        if not data.startswith(PNG_SIGNATURE):
+    def _decode(self, sha: str) -> bool:
+        if sha not in self.store:
             return False
+        record = self.store.record(sha)
         try:
-            pixels = from_png(data)
-        except ValueError:
+            img = self.store.image(sha)
+        except Exception:  # PIL raises many kinds for bad bytes: all mean the same here
             return False
-        return pixels.shape == (self.size, self.size, 3)
+        return img.size == (record["width"], record["height"])
 
 
 def _bool_column(frame: pd.DataFrame, source: str, target: str, check: Callable[[Any], bool]) -> None:
@@ -178,8 +171,8 @@ def trajectory_frame(table: Any, images: _ImageChecker) -> pd.DataFrame:
     import numpy as np
 
     frame = table.to_pandas()
-    _bool_column(frame, "source_png", "source_png_ok", images)
-    _bool_column(frame, "image_png", "image_png_ok", images)
+    _bool_column(frame, "source_image", "source_image_ok", images)
+    _bool_column(frame, "image", "image_ok", images)
     if all(c in frame.columns for c in _SCORES):
         sem, qual, overall = (frame[c].astype(float).to_numpy() for c in _SCORES)
         with np.errstate(invalid="ignore"):
@@ -189,8 +182,8 @@ def trajectory_frame(table: Any, images: _ImageChecker) -> pd.DataFrame:
 
 def step_frame(table: Any, images: _ImageChecker) -> pd.DataFrame:
     frame = table.to_pandas()
-    _bool_column(frame, "source_png", "source_png_ok", images)
-    _bool_column(frame, "previous_png", "previous_png_ok", images)
+    _bool_column(frame, "source_image", "source_image_ok", images)
+    _bool_column(frame, "previous_image", "previous_image_ok", images)
     _bool_column(frame, "target_text", "target_text_ok", _text_ok)
     return frame
 
@@ -198,10 +191,24 @@ def step_frame(table: Any, images: _ImageChecker) -> pd.DataFrame:
 # ----------------------------------------------------------------------------------------- the stage
 
 
-def run(params: Params, trajectories: Path, sft: Path, rl: Path, report_dir: Path) -> dict:
-    """Validate the three datasets, write `report_dir`, return the report; raise ValidationFailed on failure."""
+def run(params: Params, trajectories: Path, sft: Path, rl: Path, report_dir: Path,
+        images_dir: Path | None = None) -> dict:  # fmt: skip
+    """Validate the three datasets, write `report_dir`, return the report; raise ValidationFailed on failure.
+    Their images are looked up in the image store `images_dir` (default: the trajectories' own, `images/`),
+    which must be the one every dataset names (a clear error otherwise)."""
+    from editthinker.images import ImageStoreMismatch, open_store_for
+
     paths = {"trajectories": Path(trajectories), "sft": Path(sft), "rl": Path(rl)}
-    images = _ImageChecker(params.world.image_size)
+    images_dir = Path(trajectories) / "images" if images_dir is None else Path(images_dir)
+    store = None
+    for path in paths.values():
+        try:
+            store = open_store_for(path, images_dir)
+        except ImageStoreMismatch:
+            raise
+        except Exception:  # noqa: S112 - an unreadable dataset is reported by its own validation below
+            continue
+    images = _ImageChecker(store)
     suites = {
         "trajectories": lambda: trajectory_suite(params),
         "sft": lambda: step_sample_suite(params, "sft"),
@@ -216,9 +223,9 @@ def run(params: Params, trajectories: Path, sft: Path, rl: Path, report_dir: Pat
     report = {
         "success": all(r["success"] for r in results.values()),
         "datasets": results,
-        "image_size": params.world.image_size,
+        "image_store_sha256": store.dataset_sha256 if store is not None else None,
         # the hashes of the datasets read and verified (an unreadable one is reported above, with its error)
-        "lineage": make_lineage("validate", params, sections_of("validate"), readable, {}),
+        "lineage": make_lineage("validate", params, sections_of("validate"), {**readable, "images": images_dir}, {}),
     }
     with atomic_dir(Path(report_dir)) as tmp:
         write_json(tmp / REPORT_FILE, report)

@@ -83,6 +83,12 @@ class Task:
     style: str
     instruction: str
 
+    def metadata(self) -> str:
+        """The world's own fields of the task as a record's `metadata` JSON object: op, style and source scene (its
+        target scene is the record's privileged `reference`)."""
+        fields = {"op": self.op.op, "style": self.style, "source_scene": json.loads(self.source.to_json())}
+        return json.dumps(fields, sort_keys=True, separators=(",", ":"))
+
 
 def _random_op(rng: np.random.Generator, scene: Scene) -> EditOp:
     free = scene.free_positions()
