@@ -4,6 +4,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from editthinker.config import parse_params
+from editthinker.images import open_store_for
 from editthinker.protocol import parse_thinker_answer
 from editthinker.records import read_manifest, read_table
 from editthinker.stages import filter as filter_stage
@@ -15,9 +16,9 @@ SMALL = {"generate": {"num_tasks": 40, "max_turns": 4, "shards": 3}}
 
 def turn(t, overall, satisfied=False, critique=True, nxt=""):
     return {
-        "trajectory_id": "tr", "task_id": "t", "editor": "e", "op": "recolor", "style": "vague", "seed": 0,
-        "source_scene": "{}", "target_scene": "{}", "source_png": b"s", "original_instruction": "T_s",
-        "turn": t, "instruction": f"T{t}", "image_png": f"I{t}".encode(), "semantic": overall, "quality": overall,
+        "trajectory_id": "tr", "task_id": "t", "source": "world", "task_type": "recolor", "editor": "e", "seed": 0,
+        "reference": "{}", "metadata": "{}", "source_image": "s", "original_instruction": "T_s",
+        "turn": t, "instruction": f"T{t}", "image": f"I{t}", "semantic": overall, "quality": overall,
         "overall": overall, "has_critique": critique, "critique_raw": "{}", "critique_reason": f"R{t}",
         "critique_satisfied": satisfied, "next_instruction": nxt or ("" if satisfied else f"T{t + 1}"),
         "stop_reason": "",
@@ -52,7 +53,8 @@ def test_unroll_gives_step_samples_with_the_method_inputs_and_targets():
     samples = unroll([turn(1, 2), turn(2, 10, satisfied=True)])
     assert [s["step"] for s in samples] == [2, 3]
     first, stop = samples
-    assert (first["previous_png"], first["previous_instruction"], first["target_answer"]) == (b"I1", "T1", "T2")
+    assert (first["previous_image"], first["previous_instruction"], first["target_answer"]) == ("I1", "T1", "T2")
+    assert (first["source_image"], first["task_type"], first["reference"]) == ("s", "recolor", "{}")
     assert stop["target_answer"] == "T2"  # satisfied: answer the same instruction, which stops the loop
     v = parse_thinker_answer(first["target_text"])
     assert v.format_ok and v.answer == "T2" and v.semantic == 2 and v.reason == "R1"
@@ -60,11 +62,11 @@ def test_unroll_gives_step_samples_with_the_method_inputs_and_targets():
 
 
 def test_balance_caps_groups_deterministically():
-    samples = [{"sample_id": f"s{i}", "op": "recolor", "target_semantic": 10.0} for i in range(30)]
-    samples += [{"sample_id": f"m{i}", "op": "move", "target_semantic": 0.0} for i in range(3)]
-    samples += [{"sample_id": f"r{i}", "op": "remove", "target_semantic": 5.0} for i in range(5)]
+    samples = [{"sample_id": f"s{i}", "task_type": "recolor", "target_semantic": 10.0} for i in range(30)]
+    samples += [{"sample_id": f"m{i}", "task_type": "move", "target_semantic": 0.0} for i in range(3)]
+    samples += [{"sample_id": f"r{i}", "task_type": "remove", "target_semantic": 5.0} for i in range(5)]
     kept = balance(samples, max_ratio=2.0, seed=1)
-    assert sum(s["op"] == "recolor" for s in kept) == 10 and len(kept) == 18
+    assert sum(s["task_type"] == "recolor" for s in kept) == 10 and len(kept) == 18
     assert kept == balance(list(reversed(samples)), max_ratio=2.0, seed=1)
     assert kept != balance(samples, max_ratio=2.0, seed=2)
 
@@ -89,6 +91,19 @@ def test_small_run_end_to_end_is_byte_identical_twice(tmp_path):
     for part in ("sft", "rl"):
         assert a[part]["dataset_sha256"] == b[part]["dataset_sha256"]
     traj = read_manifest(root / "traj")
+    # images stored once, in generate's store; every later dataset names that store and copies no bytes
+    assert traj["images"] == {**read_manifest(tmp_path / "b" / "traj")["images"]}
+    store = open_store_for(root / "traj", root / "traj" / "images")
+    for later in ("filt", "sft", "rl"):
+        assert read_manifest(root / later)["images"]["dataset_sha256"] == store.dataset_sha256
+        assert not (root / later / "images").exists()
+    turns = read_table(root / "traj")
+    used = set(turns.column("source_image").to_pylist()) | set(turns.column("image").to_pylist())
+    stored = [r["sha256"] for r in store.iter_images()]
+    assert sorted(used) == stored  # each used image once, nothing else
+    assert sum(len(store.bytes_of(h)) for h in used) == traj["images"]["image_bytes"]
+    assert store.image(stored[0]).size == (64, 64)
+    assert "source_png" not in turns.schema.names and turns.column("source")[0].as_py() == "world"
     assert len(traj["files"]) == 3 and traj["trajectories"] == 40
     lineage = traj["lineage"]
     assert {"params_sha256", "code_version", "inputs", "models"} <= set(lineage)
@@ -105,7 +120,7 @@ def test_a_stage_that_dies_midway_leaves_the_previous_output_intact(tmp_path, mo
     p = parse_params(SMALL)
     out = tmp_path / "traj"
     first = generate.run(p, out)
-    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    before = {f.relative_to(out): f.read_bytes() for f in out.rglob("*") if f.is_file()}
     calls = {"n": 0}
     real = pq.write_table
 
@@ -118,7 +133,7 @@ def test_a_stage_that_dies_midway_leaves_the_previous_output_intact(tmp_path, mo
     monkeypatch.setattr(pq, "write_table", dying)
     with pytest.raises(KeyboardInterrupt):
         generate.run(parse_params({**SMALL, "generate": {**SMALL["generate"], "seed": 99}}), out)
-    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    assert {f.relative_to(out): f.read_bytes() for f in out.rglob("*") if f.is_file()} == before
     assert read_manifest(out)["dataset_sha256"] == first["dataset_sha256"]
     # no temporary leftovers; the finished unit stays for a rerun to resume (tests/test_generate_resume.py)
     assert sorted(x.name for x in tmp_path.iterdir()) == [".traj.units", "traj"]

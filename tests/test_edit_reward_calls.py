@@ -12,6 +12,7 @@ import pytest
 from editthinker.backends.http_editor import EditorServer, make_app
 from editthinker.backends.synthetic import SyntheticJudge
 from editthinker.config import Params
+from editthinker.images import ImageBytes
 from editthinker.protocol import format_thinker_answer
 from editthinker.rewards import NEUTRAL_EDIT, EditCallStats, edit_reward, edit_rewards, make_context, trl_reward_func
 from editthinker.roles import EditRequest, JudgeScore
@@ -19,6 +20,7 @@ from editthinker.world.scene import render_png
 from editthinker.world.tasks import canonical_instruction, make_task
 
 PARAMS = Params()
+IMAGES = ImageBytes()  # the images the samples refer to, by hash
 
 
 def _batch(n: int, editors: tuple[str, ...] = ("painter", "mover")) -> tuple[list[str], list[dict]]:
@@ -29,9 +31,9 @@ def _batch(n: int, editors: tuple[str, ...] = ("painter", "mover")) -> tuple[lis
         t = make_task(55, i, 2, 4, {"paraphrase": 1.0})
         src = render_png(t.source, 64)
         s = judge.score(src, src, t.instruction, t.target.to_json())
-        samples.append({"editor": editors[i % len(editors)], "seed": i, "source_png": src,
+        samples.append({"editor": editors[i % len(editors)], "seed": i, "source_image": IMAGES.add(src),
                         "original_instruction": t.instruction, "previous_instruction": t.instruction,
-                        "target_scene": t.target.to_json(), "target_semantic": s.semantic,
+                        "reference": t.target.to_json(), "target_semantic": s.semantic,
                         "target_quality": s.quality})  # fmt: skip
         answers.append(format_thinker_answer("nothing changed.", s.semantic, s.quality, canonical_instruction(t.op)))
     return answers, samples
@@ -83,7 +85,7 @@ class GatheringJudge:
 
 
 def test_batch_rewards_equal_the_one_by_one_rewards_and_each_editor_gets_one_call():
-    base = make_context(PARAMS)
+    base = make_context(PARAMS, IMAGES)
     answers, samples = _batch(8)
     one_by_one = [edit_reward(a, s, base) for a, s in zip(answers, samples, strict=True)]
     counting = {name: CountingEditor(e) for name, e in base.editors.items()}
@@ -96,7 +98,7 @@ def test_batch_rewards_equal_the_one_by_one_rewards_and_each_editor_gets_one_cal
 
 
 def test_the_judge_scores_a_batch_concurrently():
-    base = make_context(PARAMS)
+    base = make_context(PARAMS, IMAGES)
     answers, samples = _batch(6)
     ctx = replace(base, judge=GatheringJudge(6), stats=EditCallStats())
     rewards = edit_rewards(answers, samples, ctx)  # a judge called one at a time would break its barrier
@@ -105,7 +107,7 @@ def test_the_judge_scores_a_batch_concurrently():
 
 
 def test_an_editor_over_its_time_gives_the_neutral_reward_and_is_counted():
-    base = make_context(PARAMS)
+    base = make_context(PARAMS, IMAGES)
     blocked, failing = BlockedEditor(), FailingEditor()
     ctx = replace(base, editors={"painter": blocked, "mover": failing}, edit_timeout_s=0.05, stats=EditCallStats())
     answers, samples = _batch(6)
@@ -119,7 +121,7 @@ def test_an_editor_over_its_time_gives_the_neutral_reward_and_is_counted():
 
 
 def test_a_judge_over_its_time_gives_the_neutral_reward_and_is_counted():
-    base = make_context(PARAMS)
+    base = make_context(PARAMS, IMAGES)
     judge = GatheringJudge(99)  # never gathers 99 calls: every call blocks until its barrier breaks
     ctx = replace(base, judge=judge, judge_timeout_s=0.05, stats=EditCallStats())
     answers, samples = _batch(4)
@@ -132,7 +134,7 @@ def test_a_judge_over_its_time_gives_the_neutral_reward_and_is_counted():
 
 
 def test_a_late_call_never_overlaps_the_next_call_on_the_same_editor():
-    base = make_context(PARAMS)
+    base = make_context(PARAMS, IMAGES)
     blocked = BlockedEditor()
     ctx = replace(base, editors={"painter": blocked, "mover": base.editors["mover"]}, edit_timeout_s=0.05,
                   stats=EditCallStats())  # fmt: skip
@@ -148,7 +150,7 @@ def test_a_late_call_never_overlaps_the_next_call_on_the_same_editor():
 
 def test_the_http_editor_service_gives_the_same_rewards_as_the_in_process_editors():
     answers, samples = _batch(6)
-    local = make_context(PARAMS)
+    local = make_context(PARAMS, IMAGES)
     expected = edit_rewards(answers, samples, local)
     editors = {n: CountingEditor(e) for n, e in local.editors.items()}
     with EditorServer(make_app(editors["painter"])) as painter, EditorServer(make_app(editors["mover"])) as mover:
@@ -160,14 +162,14 @@ def test_the_http_editor_service_gives_the_same_rewards_as_the_in_process_editor
                 ]
             }  # fmt: skip
         )
-        remote = make_context(params)
+        remote = make_context(params, IMAGES)
         assert edit_rewards(answers, samples, remote) == expected
     assert {n: e.calls for n, e in editors.items()} == {"painter": [3], "mover": [3]}  # one POST each
     assert remote.stats.edits == 6 and remote.stats.edits_failed == 0
 
 
 def test_trl_calls_the_edit_reward_once_per_batch():
-    base = make_context(PARAMS)
+    base = make_context(PARAMS, IMAGES)
     counting = {name: CountingEditor(e) for name, e in base.editors.items()}
     ctx = replace(base, editors=counting, stats=EditCallStats())
     answers, samples = _batch(4)
@@ -175,7 +177,7 @@ def test_trl_calls_the_edit_reward_once_per_batch():
     columns = {k: [s[k] for s in samples] for k in samples[0]}
     completions = [[{"role": "assistant", "content": a}] for a in answers]
     out = func(prompts=[None] * 4, completions=completions, trainer_state=object(), **columns)
-    assert out == edit_rewards(answers, samples, make_context(PARAMS))
+    assert out == edit_rewards(answers, samples, make_context(PARAMS, IMAGES))
     assert {n: e.calls for n, e in counting.items()} == {"painter": [2], "mover": [2]}
 
 

@@ -247,6 +247,7 @@ def test_kill_9_at_seeded_moments_and_resume_gives_the_uninterrupted_dataset(tmp
         assert proc.returncode == -signal.SIGKILL, err.decode()
     assert kills >= 5 and max(resumed) > 0, resumed  # killed 5 times, and some run resumed finished units
     assert read_manifest(out)["dataset_sha256"] == reference["dataset_sha256"]
+    assert _files(out / "images") == _files(tmp_path / "reference" / "images")  # the image store too
     assert not generate.units_root(out).exists()
 
 
@@ -255,11 +256,11 @@ def test_a_retried_shard_resumes_its_units_and_gathers_to_the_run(tmp_path, monk
     direct = generate.run(params, tmp_path / "direct")
     real, made = generate._unit_rows, []
 
-    def dying(p, roles, unit):  # type: ignore[no-untyped-def]
+    def dying(p, roles, unit, *rest):  # type: ignore[no-untyped-def]
         if len(made) == 1:
             raise KeyboardInterrupt("killed")  # the pod dies in its second unit
         made.append(unit)
-        return real(p, roles, unit)
+        return real(p, roles, unit, *rest)
 
     monkeypatch.setattr(generate, "_unit_rows", dying)
     dirs = [tmp_path / f"shard-{k}" for k in range(3)]
@@ -267,8 +268,16 @@ def test_a_retried_shard_resumes_its_units_and_gathers_to_the_run(tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
         generate.run_shard(params, 1, dirs[1])
     assert finished_units(dirs[1]) == {range(4, 6)}  # beside the shard's output
-    monkeypatch.setattr(generate, "_unit_rows", lambda p, roles, unit: made.append(unit) or real(p, roles, unit))
+    monkeypatch.setattr(
+        generate, "_unit_rows", lambda p, roles, unit, *rest: made.append(unit) or real(p, roles, unit, *rest)
+    )
     for k in range(3):
         generate.run_shard(params, k, dirs[k])
     assert made.count(range(4, 6)) == 1 and range(6, 8) in made  # the finished unit was not made again
     assert generate.gather(params, dirs, tmp_path / "gathered") == direct
+    # the gathered image store (merged from the shards' stores) is the direct run's, byte for byte
+    assert _files(tmp_path / "gathered" / "images") == _files(tmp_path / "direct" / "images")
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}

@@ -13,9 +13,8 @@ import pytest
 
 from editthinker.launch import accelerate_argv, accelerate_config_file, run_training, scalar_metrics
 from editthinker.lineage import hash_path
-from editthinker.records import STEP_SAMPLE_SCHEMA, write_dataset
 from editthinker.training import TRAINING_LOGS_ENV
-from test_training import step_samples
+from test_training import step_samples, write_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = {
@@ -77,7 +76,7 @@ def test_scalar_metrics_keeps_numbers_only() -> None:
 @pytest.fixture(scope="module")
 def sft_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("steps") / "sft"
-    write_dataset(root, step_samples(21, 8, "sft"), STEP_SAMPLE_SCHEMA, rows_per_shard=10)
+    write_steps(root, step_samples(21, 8, "sft"), rows_per_shard=10)
     return root
 
 

@@ -24,11 +24,10 @@ from editthinker.models import vlm
 from editthinker.models.parts import part_of
 from editthinker.models.tiny_vlm import MODEL_KIND, QWEN3_KIND, build_tiny_qwen3_thinker, build_tiny_thinker
 from editthinker.models.vlm import checkpoint_id, save_thinker
-from editthinker.records import STEP_SAMPLE_SCHEMA, write_dataset
 from editthinker.roles import ThinkRequest
 from editthinker.storage import CHECKSUMS_FILE
 from editthinker.training import last_checkpoint, work_dir
-from test_training import step_samples
+from test_training import IMAGES, step_samples, write_steps
 
 pytestmark = pytest.mark.xdist_group("training")
 
@@ -40,8 +39,8 @@ SFT = {"max_steps": 4, "batch_size": 4, "learning_rate": 4e-3, "save_steps": 0}
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("steps")
-    write_dataset(root / "sft", step_samples(31, 16, "sft"), STEP_SAMPLE_SCHEMA, rows_per_shard=8)
-    write_dataset(root / "rl", step_samples(32, 4, "rl"), STEP_SAMPLE_SCHEMA, rows_per_shard=8)
+    write_steps(root / "sft", step_samples(31, 16, "sft"), rows_per_shard=8)
+    write_steps(root / "rl", step_samples(32, 4, "rl"), rows_per_shard=8)
     return root
 
 
@@ -80,8 +79,9 @@ def _changed(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> set[str]
 def _think_once(folder: Path) -> str:
     r = step_samples(33, 1, "test")[0]
     thinker = VLMThinker(folder, CFG)
-    (raw,) = thinker.generate([ThinkRequest(r["source_png"], r["previous_png"], r["original_instruction"],
-                                            r["previous_instruction"])])  # fmt: skip
+    request = ThinkRequest(IMAGES[r["source_image"]], IMAGES[r["previous_image"]], r["original_instruction"],
+                           r["previous_instruction"])  # fmt: skip
+    (raw,) = thinker.generate([request])
     return raw
 
 

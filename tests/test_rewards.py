@@ -6,6 +6,7 @@ import pytest
 
 from editthinker.backends.synthetic import SyntheticJudge
 from editthinker.config import Params, RewardWeights
+from editthinker.images import ImageBytes
 from editthinker.protocol import format_thinker_answer
 from editthinker.rewards import (
     NEUTRAL_EDIT,
@@ -23,7 +24,8 @@ from editthinker.world.tasks import canonical_instruction, make_task
 
 SIZE = 64
 PARAMS = Params()
-CTX = make_context(PARAMS)
+IMAGES = ImageBytes()  # the images the samples refer to, by hash
+CTX = make_context(PARAMS, IMAGES)
 
 
 def _task(op: str):
@@ -41,10 +43,10 @@ def _sample(task, previous_png: bytes, previous_instruction: str, seed: int = 0)
     return {
         "editor": "painter",
         "seed": seed,
-        "source_png": src,
+        "source_image": IMAGES.add(src),
         "original_instruction": task.instruction,
         "previous_instruction": previous_instruction,
-        "target_scene": task.target.to_json(),
+        "reference": task.target.to_json(),
         "target_semantic": s.semantic,
         "target_quality": s.quality,
     }
@@ -119,7 +121,7 @@ def test_edit_reward_zero_when_the_answer_stops_the_loop_and_neutral_when_unpars
 def test_edit_reward_overall_metric_uses_quality_too():
     task = _task("recolor")
     sample = _sample(task, render_png(task.source, SIZE), task.instruction, seed=3)
-    ctx = make_context(Params.model_validate({"rl": {"edit_metric": "overall"}}))
+    ctx = make_context(Params.model_validate({"rl": {"edit_metric": "overall"}}), IMAGES)
     answer = format_thinker_answer("r", 0, 10, canonical_instruction(task.op))
     assert ctx.edit_metric == "overall"
     assert edit_reward(answer, sample, ctx) == pytest.approx(1.0)  # sqrt(10*10) - sqrt(0*10)

@@ -8,6 +8,14 @@ import pytest
 
 from editthinker.backends.synthetic import SyntheticEditor, SyntheticJudge, describe_gap
 from editthinker.config import Params
+from editthinker.images import (
+    ImageStoreMismatch,
+    image_record,
+    open_store_for,
+    sha256_bytes,
+    store_ref,
+    write_image_store,
+)
 from editthinker.lineage import hash_path
 from editthinker.models.vlm import checkpoint_id
 from editthinker.protocol import format_thinker_answer
@@ -20,8 +28,12 @@ from editthinker.world.tasks import canonical_instruction, make_task
 STYLES = {"canonical": 0.2, "paraphrase": 0.4, "indirect": 0.2, "relative": 0.2}
 
 
+IMAGES: dict[str, bytes] = {}  # every image the step samples below refer to, by sha256
+
+
 def step_samples(seed: int, n: int, split: str) -> list[dict]:
-    """Step-2 samples as the pipeline makes them: the first edit, the judge's score, the expert's answer."""
+    """Step-2 samples as the pipeline makes them: the first edit, the judge's score, the expert's answer (their
+    images by hash, the bytes kept in IMAGES)."""
     judge = SyntheticJudge()
     editors = [SyntheticEditor("painter", "painter", 64), SyntheticEditor("mover", "mover", 64)]
     rows = []
@@ -38,9 +50,9 @@ def step_samples(seed: int, n: int, split: str) -> list[dict]:
         rows.append(
             {
                 "sample_id": f"{task.task_id}-2", "trajectory_id": task.task_id, "task_id": task.task_id,
-                "editor": editor.name, "op": task.op.op, "style": task.style, "seed": i, "step": 2,
-                "source_scene": task.source.to_json(), "target_scene": task.target.to_json(),
-                "source_png": src, "previous_png": prev,
+                "source": "world", "task_type": task.op.op, "editor": editor.name, "seed": i, "step": 2,
+                "reference": task.target.to_json(), "metadata": task.metadata(),
+                "source_image": _keep(src), "previous_image": _keep(prev),
                 "original_instruction": task.instruction, "previous_instruction": task.instruction,
                 "target_reason": reason, "target_semantic": score.semantic, "target_quality": score.quality,
                 "target_answer": answer, "target_text": text,
@@ -48,6 +60,11 @@ def step_samples(seed: int, n: int, split: str) -> list[dict]:
             }
         )  # fmt: skip
     return rows
+
+
+def _keep(png: bytes) -> str:
+    IMAGES[sha256_bytes(png)] = png
+    return sha256_bytes(png)
 
 
 PARAMS = Params.model_validate(
@@ -62,9 +79,19 @@ PARAMS = Params.model_validate(
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("steps")
-    write_dataset(root / "sft", step_samples(21, 24, "sft"), STEP_SAMPLE_SCHEMA, rows_per_shard=10)
-    write_dataset(root / "rl", step_samples(22, 8, "rl"), STEP_SAMPLE_SCHEMA, rows_per_shard=10)
+    write_steps(root / "sft", step_samples(21, 24, "sft"), rows_per_shard=10)
+    write_steps(root / "rl", step_samples(22, 8, "rl"), rows_per_shard=10)
     return root
+
+
+def write_steps(folder, rows: list[dict], rows_per_shard: int) -> None:  # type: ignore[no-untyped-def]
+    """A step-sample dataset with its image store inside it (`<folder>/images`, as an import keeps it)."""
+    used = sorted({r[c] for r in rows for c in ("source_image", "previous_image")})
+
+    def store(tmp):  # type: ignore[no-untyped-def]
+        return {"images": store_ref(write_image_store(tmp / "images", (image_record(IMAGES[h]) for h in used)))}
+
+    write_dataset(folder, rows, STEP_SAMPLE_SCHEMA, rows_per_shard=rows_per_shard, beside=store)
 
 
 def test_thinker_dataset_has_prompt_images_and_completion(data):
@@ -72,7 +99,8 @@ def test_thinker_dataset_has_prompt_images_and_completion(data):
     from editthinker.training import thinker_dataset
 
     samples = list(iter_rows(data / "sft"))
-    ds = thinker_dataset(samples[:3], completion=True, keep=("target_semantic",))
+    store = open_store_for(data / "sft", data / "sft" / "images")
+    ds = thinker_dataset(samples[:3], completion=True, images=store, keep=("target_semantic",))
     row = ds[0]
     assert [p["type"] for p in row["prompt"][0]["content"]] == ["image", "image", "text"]
     assert row["prompt"][0]["content"][2]["text"].endswith(samples[0]["previous_instruction"])
@@ -80,7 +108,13 @@ def test_thinker_dataset_has_prompt_images_and_completion(data):
     assert row["completion"] == [{"role": "assistant", "content": samples[0]["target_text"]}]
     assert row["target_semantic"] == samples[0]["target_semantic"]
     with pytest.raises(ValueError, match="no step samples"):
-        thinker_dataset([], completion=True)
+        thinker_dataset([], completion=True, images=store)
+    other = write_image_store(data / "other-images", [image_record(IMAGES[min(IMAGES)])])
+    with pytest.raises(ImageStoreMismatch, match="is not the one the dataset"):
+        open_store_for(data / "sft", data / "other-images")
+    with pytest.raises(ImageStoreMismatch, match="no image store there"):
+        open_store_for(data / "sft", data / "nowhere")
+    assert other["rows"] == 1
 
 
 @pytest.mark.slow
@@ -89,32 +123,35 @@ def test_sft_then_rl(data, tmp_path):
     from editthinker.stages import rl, sft
 
     sft_dir = tmp_path / "sft"
-    m = sft.run(PARAMS, data / "sft", sft_dir)
+    m = sft.run(PARAMS, data / "sft", sft_dir)  # the store inside the dataset
     assert m["steps"] == 30 and m["steps_per_second"] > 0 and m["wall_seconds"] > 0
     assert m["train_loss_last"] < 0.6 * m["train_loss_first"]
     assert len(m["loss_curve"]) == 30
     assert json.loads((sft_dir / "metrics.json").read_text()) == json.loads(json.dumps(m))
     lineage = json.loads((sft_dir / "lineage.json").read_text())
     assert lineage["stage"] == "sft"
-    assert lineage["inputs"] == {"sft_data": read_manifest(data / "sft")["dataset_sha256"]}
+    store_sha = read_manifest(data / "sft" / "images")["dataset_sha256"]
+    assert lineage["inputs"] == {"sft_data": read_manifest(data / "sft")["dataset_sha256"], "images": store_sha}
     assert lineage["params_sha256"] == PARAMS.section_hash("thinker", "sft")
     assert lineage["models"]["thinker"] == m["model_id"] == checkpoint_id(sft_dir)
 
     thinker = VLMThinker(sft_dir, PARAMS.thinker)
     rows = step_samples(23, 3, "test")
-    verdicts = thinker.think([ThinkRequest(r["source_png"], r["previous_png"], r["original_instruction"],
-                                           r["previous_instruction"]) for r in rows])  # fmt: skip
+    verdicts = thinker.think([ThinkRequest(IMAGES[r["source_image"]], IMAGES[r["previous_image"]],
+                                           r["original_instruction"], r["previous_instruction"])
+                              for r in rows])  # fmt: skip
     assert len(verdicts) == 3
     assert all(v.raw.startswith("<think>") for v in verdicts)  # 30 steps teach the opening tag at least
 
     rl_dir = tmp_path / "rl"
-    r = rl.run(PARAMS, data / "rl", sft_dir, rl_dir)
+    r = rl.run(PARAMS, data / "rl", sft_dir, rl_dir, data / "rl" / "images")
     assert r["steps"] == 3 and len(r["reward_curve"]) == 3 and r["steps_per_second"] > 0
     assert r["reward_format_mean"] is not None and 0 <= r["reward_format_mean"] <= 1
     lineage = json.loads((rl_dir / "lineage.json").read_text())
     assert lineage["stage"] == "rl"
     assert lineage["inputs"] == {"rl_data": read_manifest(data / "rl")["dataset_sha256"],
-                                 "sft_checkpoint": hash_path(sft_dir)}  # fmt: skip
+                                 "sft_checkpoint": hash_path(sft_dir),
+                                 "images": read_manifest(data / "rl" / "images")["dataset_sha256"]}  # fmt: skip
     assert VLMThinker(rl_dir, PARAMS.thinker).model_id == r["model_id"]
 
 

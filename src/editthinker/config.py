@@ -99,7 +99,16 @@ class HttpEditorConfig(_Strict):
     backoff_s: float = Field(1.0, ge=0)  # wait before retry k: backoff_s * 2**k
 
 
-EDITOR_KINDS = ("synthetic", "diffusers", "http")
+class StandInEditorConfig(_Strict):
+    """A stand-in editor for tests and benchmarks only (backends.stand_in): a seeded colour transform of the
+    source image, not an edit. Never a real editor."""
+
+    name: str
+    kind: Literal["stand-in"] = "stand-in"
+    compress_level: int = Field(1, ge=0, le=9)  # PNG zlib level of its outputs
+
+
+EDITOR_KINDS = ("synthetic", "diffusers", "http", "stand-in")
 
 
 def _editor_kind(v: Any) -> str:
@@ -109,7 +118,8 @@ def _editor_kind(v: Any) -> str:
 AnyEditorConfig = Annotated[
     Annotated[EditorConfig, Tag("synthetic")]
     | Annotated[DiffusersEditorConfig, Tag("diffusers")]
-    | Annotated[HttpEditorConfig, Tag("http")],
+    | Annotated[HttpEditorConfig, Tag("http")]
+    | Annotated[StandInEditorConfig, Tag("stand-in")],
     Discriminator(_editor_kind),
 ]
 

@@ -24,7 +24,7 @@ import heapq
 import io
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -182,6 +182,26 @@ def open_store_for(data_dir: Path, images: Path) -> ImageStore:
             f"{data_dir} refers to ({wanted}); pass the store its rows were written against"
         )
     return store
+
+
+class ImageLookup(Protocol):
+    """What reads images by hash: an `ImageStore`, or `ImageBytes` in memory."""
+
+    def bytes_of(self, sha: str) -> bytes: ...
+
+
+class ImageBytes(dict[str, bytes]):
+    """Images in memory by hash (small tools and tests): `add(data)` keeps bytes and gives their sha256."""
+
+    def add(self, data: bytes) -> str:
+        sha = sha256_bytes(data)
+        self[sha] = data
+        return sha
+
+    def bytes_of(self, sha: str) -> bytes:
+        if sha not in self:
+            raise KeyError(f"image {sha} is not in memory")
+        return self[sha]
 
 
 class ImageStore:

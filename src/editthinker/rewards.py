@@ -37,7 +37,7 @@ from typing import Any
 
 from editthinker.backends.factory import build_editors, build_judge
 from editthinker.config import Params, RewardWeights
-from editthinker.images import ImageStore
+from editthinker.images import ImageLookup
 from editthinker.protocol import parse_thinker_answer, same_instruction
 from editthinker.roles import Editor, EditRequest, Judge, JudgeScore
 
@@ -84,7 +84,7 @@ class RewardContext:
     judge_timeout_s: float = 70.0  # per judge call
     stats: EditCallStats = field(default_factory=EditCallStats)
     locks: Mapping[str, threading.Lock] = field(default_factory=dict)  # one per editor: its calls never overlap
-    images: ImageStore | None = None  # the store the samples' image hashes are in
+    images: ImageLookup | None = None  # the store the samples' image hashes are in
 
     def source_png(self, sample: Mapping[str, Any]) -> bytes:
         """The bytes of the sample's source image, from the image store."""
@@ -99,7 +99,7 @@ class RewardContext:
         return lock
 
 
-def make_context(params: Params, images: ImageStore | None = None) -> RewardContext:
+def make_context(params: Params, images: ImageLookup | None = None) -> RewardContext:
     editors = build_editors(params)
     return RewardContext(
         images=images,

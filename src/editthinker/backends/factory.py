@@ -13,6 +13,7 @@ from editthinker.config import (
     InferenceConfig,
     JudgeConfig,
     Params,
+    StandInEditorConfig,
     ThinkerModelConfig,
 )
 from editthinker.roles import Editor, Judge, Thinker
@@ -27,6 +28,10 @@ def build_editor(cfg: AnyEditorConfig, image_size: int) -> Editor:
         from editthinker.backends.http_editor import HttpEditor
 
         return HttpEditor(cfg.name, cfg.url, cfg.model_id, cfg.timeout_s, cfg.retries, cfg.backoff_s)
+    if isinstance(cfg, StandInEditorConfig):
+        from editthinker.backends.stand_in import StandInEditor
+
+        return StandInEditor(cfg.name, cfg.compress_level)
     if cfg.kind == "synthetic":
         return SyntheticEditor(cfg.name, cfg.profile, image_size)
     raise ValueError(f"editors: unknown editor kind {cfg.kind!r}")

@@ -181,11 +181,13 @@ def check_roles(params: Params, source: TaskSource) -> None:
         return
     kinds = (("expert", params.expert.kind), ("judge", params.judge.kind))
     wrong = [f"{role}.kind is synthetic" for role, kind in kinds if kind == "synthetic"]
+    wrong += [f"editor {e.name!r} is of kind synthetic" for e in params.editors if e.kind == "synthetic"]
     if wrong:
         raise ValueError(
             f"generate: the tasks have no privileged reference (real data), but {' and '.join(wrong)}: the synthetic "
-            f"expert and judge need the synthetic world's target scene. Use kind openai (an OpenAI-compatible API) "
-            f"for the expert and the judge with real data"
+            f"expert and judge need the synthetic world's target scene, and the synthetic editor edits only the "
+            f"world's scenes. Use kind openai (an OpenAI-compatible API) for the expert and the judge, and a real "
+            f"editor (diffusers or http), with real data"
         )
 
 
@@ -508,8 +510,12 @@ def run_shard(params: Params, shard: int, out_dir: Path, restart: bool = False,
         indices = shard_tasks(params, shard, source.count)
         done = _generate_units(params, indices, out_dir, restart, source)
         extra: dict[str, Any] = {
-            "generate_shard": {"shard": shard, "of": params.generate.shards, "tasks": [indices.start, indices.stop],
-                               "count": source.count},
+            "generate_shard": {
+                "shard": shard,
+                "of": params.generate.shards,
+                "tasks": [indices.start, indices.stop],
+                "count": source.count,
+            },
             "lineage": make_lineage("generate", params, SECTIONS, _inputs(tasks), done.models),
         }
         if done.manifests:  # the key range of its rows, so `gather` streams the shards one after another
@@ -563,5 +569,13 @@ def _gather(params: Params, shard_dirs: list[Path], out_dir: Path) -> dict[str, 
         raise ValueError("generate: the shards were made from different prepared tasks")
     stores = [Path(d) / IMAGES for d in shard_dirs]
     lineage = {**make_lineage("generate", params, SECTIONS, {}, models or {}), **(inputs[0] if inputs else {})}
-    return _write(params, out_dir, _sorted_stream(parts), n_rows, lineage, sum_usage(usages),
-                  lambda: merge_stores(stores), counts.pop() if counts else params.generate.num_tasks)
+    return _write(
+        params,
+        out_dir,
+        _sorted_stream(parts),
+        n_rows,
+        lineage,
+        sum_usage(usages),
+        lambda: merge_stores(stores),
+        counts.pop() if counts else params.generate.num_tasks,
+    )

@@ -73,10 +73,11 @@ def vllm_settings(cfg: RLParams) -> dict[str, Any]:
     return settings
 
 
-def run(params: Params, rl_data: Path, sft_checkpoint: Path, out_dir: Path, images: Path,
+def run(params: Params, rl_data: Path, sft_checkpoint: Path, out_dir: Path, images: Path | None = None,
         restart: bool = False) -> dict[str, Any]:  # fmt: skip
     """GRPO on the step samples `rl_data`, whose images are in the store `images` (checked to be the one their
-    manifest names, before anything is trained)."""
+    manifest names, before anything is trained; None: `<rl_data>/images`, where an imported dataset keeps it)."""
+    images = Path(rl_data) / "images" if images is None else Path(images)
     with output_lock(out_dir):
         verify_checkpoint(Path(sft_checkpoint))  # before the samples are read: fail early
         store = open_store_for(Path(rl_data), Path(images))

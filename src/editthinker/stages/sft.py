@@ -64,11 +64,12 @@ def base_id(base: str, revision: str | None, commit: str | None) -> str:
     return f"{base}@{commit or revision or 'main'}"
 
 
-def run(params: Params, sft_data: Path, out_dir: Path, images: Path, restart: bool = False) -> dict[str, Any]:
+def run(params: Params, sft_data: Path, out_dir: Path, images: Path | None = None,
+        restart: bool = False) -> dict[str, Any]:  # fmt: skip
     """Train on the step samples `sft_data`, whose images are in the store `images` (the one their manifest
-    names: checked before anything is trained)."""
+    names: checked before anything is trained; None: `<sft_data>/images`, where an imported dataset keeps it)."""
     with output_lock(out_dir):
-        return _run(params, sft_data, out_dir, images, restart)
+        return _run(params, sft_data, out_dir, Path(sft_data) / "images" if images is None else images, restart)
 
 
 def _run(params: Params, sft_data: Path, out_dir: Path, images: Path, restart: bool) -> dict[str, Any]:
