@@ -115,15 +115,24 @@ def _data_outputs(t: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _train_steps(params: Params, p: dict[str, Any], sft_data: Any, rl_data: Any, registry: Any) -> dict[str, Any]:
-    """Add sft, rl, evaluate, challenge and (when the challenger beats the champion) promote."""
+def _train_steps(params: Params, p: dict[str, Any], sft_data: Any, rl_data: Any, registry: Any,
+                 trajectories: Any) -> dict[str, Any]:  # fmt: skip
+    """Add sft, rl, evaluate, challenge and (when the challenger beats the champion) promote. `trajectories`: the
+    generated dataset whose image store the step samples refer to (the training steps read pixels from it)."""
     k8s = params.kubernetes
     t: dict[str, Any] = {}
-    t["sft"] = apply(sft(params_json=p["sft"], sft_data=sft_data, **training_launch(k8s, "sft")), "sft", k8s)
+    t["sft"] = apply(
+        sft(params_json=p["sft"], sft_data=sft_data, trajectories=trajectories, **training_launch(k8s, "sft")),
+        "sft",
+        k8s,
+    )
     checkpoint = t["sft"].outputs["checkpoint"]
     t["rl"] = apply(
-        rl(params_json=p["rl"], rl_data=rl_data, sft_checkpoint=checkpoint, **training_launch(k8s, "rl")), "rl", k8s
-    )
+        rl(params_json=p["rl"], rl_data=rl_data, sft_checkpoint=checkpoint, trajectories=trajectories,
+           **training_launch(k8s, "rl")),
+        "rl",
+        k8s,
+    )  # fmt: skip
     rl_checkpoint = t["rl"].outputs["checkpoint"]
     t["evaluate"] = apply(
         evaluate(params_json=p["evaluate"], sft_checkpoint=checkpoint, rl_checkpoint=rl_checkpoint), "evaluate", k8s
@@ -197,12 +206,15 @@ def build_pipelines(params: Params) -> dict[str, GraphComponent]:
         promote_params: str,
         sft_data_uri: str,
         rl_data_uri: str,
+        trajectories_uri: str,
         registry: str = "",
     ) -> TrainOutputs:
-        """Step samples come from URIs (e.g. a data run's sft_data / rl_data artifacts); `registry` empty
-        means params.promote.registry, as seen from the challenge and promote tasks."""
+        """Step samples come from URIs (e.g. a data run's sft_data / rl_data artifacts), their images from the
+        image store inside the trajectories artifact at `trajectories_uri` (the one their manifests name);
+        `registry` empty means params.promote.registry, as seen from the challenge and promote tasks."""
         sft_data = dsl.importer(artifact_uri=sft_data_uri, artifact_class=Dataset, reimport=False)
         rl_data = dsl.importer(artifact_uri=rl_data_uri, artifact_class=Dataset, reimport=False)
+        trajectories = dsl.importer(artifact_uri=trajectories_uri, artifact_class=Dataset, reimport=False)
         p = {
             "sft": sft_params,
             "rl": rl_params,
@@ -210,7 +222,7 @@ def build_pipelines(params: Params) -> dict[str, GraphComponent]:
             "benchmark": benchmark_params,
             "promote": promote_params,
         }
-        t = _train_steps(params, p, sft_data.output, rl_data.output, registry)
+        t = _train_steps(params, p, sft_data.output, rl_data.output, registry, trajectories.output)
         return TrainOutputs(**_train_outputs(t))
 
     @dsl.pipeline(name="editthinker-factory", description="Data, SFT, RL, evaluation and promotion of a thinker.")
@@ -239,7 +251,8 @@ def build_pipelines(params: Params) -> dict[str, GraphComponent]:
             "promote": promote_params,
         }
         d = _data_steps(params, p)
-        t = _train_steps(params, p, d["split"].outputs["sft_data"], d["split"].outputs["rl_data"], registry)
+        t = _train_steps(params, p, d["split"].outputs["sft_data"], d["split"].outputs["rl_data"], registry,
+                         d["generate"].outputs["trajectories"])  # fmt: skip
         t["sft"].after(d["validate"])
         return FactoryOutputs(**_data_outputs(d), **_train_outputs(t))
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from editthinker.config import Params
+from editthinker.images import image_record, sha256_bytes, store_ref, write_image_store
 from editthinker.protocol import format_thinker_answer
 from editthinker.records import STEP_SAMPLE_SCHEMA, TRAJECTORY_SCHEMA, write_dataset
 from editthinker.stages import validate
@@ -18,6 +19,14 @@ from editthinker.world.scene import render_png
 from editthinker.world.tasks import make_task
 
 SIZE = 64
+IMAGES: dict[str, bytes] = {}  # every image the rows below refer to, by sha256 (written into the store)
+
+
+def _h(png: bytes) -> str:
+    IMAGES[sha256_bytes(png)] = png
+    return sha256_bytes(png)
+
+
 PARAMS = Params()  # world.image_size 64, editors painter + mover
 EDITORS = [e.name for e in PARAMS.editors]
 
@@ -37,17 +46,17 @@ def trajectory_rows(n_tasks: int = 3, turns: int = 2) -> list[dict[str, Any]]:
                 {
                     "trajectory_id": f"traj-{i}",
                     "task_id": task.task_id,
+                    "source": "world",
+                    "task_type": task.op.op,
                     "editor": EDITORS[i % len(EDITORS)],
-                    "op": task.op.op,
-                    "style": task.style,
                     "seed": 4321,
-                    "source_scene": task.source.to_json(),
-                    "target_scene": task.target.to_json(),
-                    "source_png": src,
+                    "reference": task.target.to_json(),
+                    "metadata": task.metadata(),
+                    "source_image": _h(src),
                     "original_instruction": task.instruction,
                     "turn": turn,
                     "instruction": task.instruction if turn == 1 else f"{task.instruction} (refined {turn})",
-                    "image_png": tgt if turn == turns else src,
+                    "image": _h(tgt if turn == turns else src),
                     "semantic": sem,
                     "quality": qual,
                     "overall": math.sqrt(sem * qual),
@@ -72,15 +81,15 @@ def step_rows(split: str, n: int = 4) -> list[dict[str, Any]]:
                 "sample_id": f"{split}-{i}",
                 "trajectory_id": f"traj-{100 + i}",
                 "task_id": task.task_id,
+                "source": "world",
+                "task_type": task.op.op,
                 "editor": EDITORS[i % len(EDITORS)],
-                "op": task.op.op,
-                "style": task.style,
                 "seed": 4321,
                 "step": 2,
-                "source_scene": task.source.to_json(),
-                "target_scene": task.target.to_json(),
-                "source_png": src,
-                "previous_png": src,
+                "reference": task.target.to_json(),
+                "metadata": task.metadata(),
+                "source_image": _h(src),
+                "previous_image": _h(src),
                 "original_instruction": task.instruction,
                 "previous_instruction": task.instruction,
                 "target_reason": "the edit is missing",
@@ -98,11 +107,29 @@ def step_rows(split: str, n: int = 4) -> list[dict[str, Any]]:
 def _write_all(
     root: Path, traj: list | None = None, sft: list | None = None, rl: list | None = None
 ) -> dict[str, Path]:
+    """The three datasets, the image store inside trajectories/ (as generate writes it), named by all three."""
     paths = {k: root / k for k in ("trajectories", "sft", "rl")}
-    write_dataset(paths["trajectories"], traj or trajectory_rows(), TRAJECTORY_SCHEMA, rows_per_shard=4)
-    write_dataset(paths["sft"], sft or step_rows("sft"), STEP_SAMPLE_SCHEMA, rows_per_shard=3)
-    write_dataset(paths["rl"], rl or step_rows("rl"), STEP_SAMPLE_SCHEMA, rows_per_shard=3)
+    traj, sft, rl = traj or trajectory_rows(), sft or step_rows("sft"), rl or step_rows("rl")
+    columns = ("source_image", "image", "previous_image")
+    used = sorted({r[c] for r in [*traj, *sft, *rl] for c in columns if c in r and r[c] in IMAGES})
+    ref: dict[str, Any] = {}
+
+    def store(folder: Path) -> dict[str, Any]:
+        ref.update(store_ref(write_image_store(folder / "images", (_record(IMAGES[h]) for h in used))))
+        return {"images": ref}
+
+    write_dataset(paths["trajectories"], traj, TRAJECTORY_SCHEMA, rows_per_shard=4, beside=store)
+    write_dataset(paths["sft"], sft, STEP_SAMPLE_SCHEMA, rows_per_shard=3, extra={"images": ref})
+    write_dataset(paths["rl"], rl, STEP_SAMPLE_SCHEMA, rows_per_shard=3, extra={"images": ref})
     return paths
+
+
+def _record(data: bytes) -> dict[str, Any]:
+    """A store row; bytes that do not decode are stored as they are, said to be a 64 x 64 PNG."""
+    try:
+        return image_record(data)
+    except Exception:
+        return {"sha256": sha256_bytes(data), "bytes": data, "width": SIZE, "height": SIZE, "format": "PNG"}
 
 
 def _run(root: Path, paths: dict[str, Path]) -> dict:
@@ -136,14 +163,14 @@ def broken(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One run over datasets with several independent defects, each in its own row."""
     root = tmp_path_factory.mktemp("broken")
     traj = trajectory_rows(n_tasks=4)  # rows: traj-i turn 1, traj-i turn 2
-    traj[3]["image_png"] = traj[3]["image_png"][:40] + b"garbage" * 5  # traj-1 turn 2: corrupt PNG
+    traj[3]["image"] = _h(IMAGES[traj[3]["image"]][:40] + b"garbage" * 5)  # traj-1 turn 2: corrupt PNG
     traj[0]["quality"] = 12.0  # traj-0 turn 1: out of range (overall kept consistent and in range)
     traj[0]["overall"] = math.sqrt(traj[0]["semantic"] * 12.0)
     traj[5]["overall"] += 0.01  # traj-2 turn 2: overall != sqrt(SC * PQ)
     traj[1]["editor"] = "picasso"  # traj-0 turn 2: not a configured editor
     traj[6]["turn"] = 2  # traj-3: turn 2 twice
     sft = step_rows("sft")
-    sft[1]["previous_png"] = render_png(_task(101).source, 48)  # wrong size
+    sft[1]["previous_image"] = sha256_bytes(render_png(_task(101).source, 48))  # an image not in the store
     sft[0]["split"] = "rl"
     sft[3]["sample_id"] = sft[2]["sample_id"]
     rl = step_rows("rl")
@@ -170,8 +197,18 @@ def test_valid_data_passes(valid: tuple[Path, dict]) -> None:
         assert ds["rows"] == rows
         assert ds["counts"]["failed"] == 0 and ds["counts"]["expectations"] > 10
     assert report["lineage"]["stage"] == "validate"
-    assert set(report["lineage"]["inputs"]) == {"trajectories", "sft", "rl"}
+    assert set(report["lineage"]["inputs"]) == {"trajectories", "sft", "rl", "images"}
+    assert report["lineage"]["inputs"]["images"] == report["image_store_sha256"]
     assert "PASS" in (root / "report" / "report.md").read_text()
+
+
+def test_a_store_other_than_the_one_the_datasets_name_is_a_clear_error(tmp_path: Path) -> None:
+    from editthinker.images import ImageStoreMismatch
+
+    paths = _write_all(tmp_path)
+    write_image_store(tmp_path / "other", [_record(next(iter(IMAGES.values())))])
+    with pytest.raises(ImageStoreMismatch, match="is not the one the dataset"):
+        validate.run(PARAMS, paths["trajectories"], paths["sft"], paths["rl"], tmp_path / "report", tmp_path / "other")
 
 
 def test_failed_validation_still_writes_report(broken: dict[str, Any]) -> None:
@@ -187,15 +224,15 @@ def test_failed_validation_still_writes_report(broken: dict[str, Any]) -> None:
 
 
 def test_inputs_untouched(broken: dict[str, Any]) -> None:
-    assert len(broken["before"]) == 3 + 2 + 2 + 2  # 3 manifests + every shard was hashed
+    assert len(broken["before"]) == 3 + 2 + 2 + 2 + 2  # 3 manifests + every shard + the image store was hashed
     assert broken["after"] == broken["before"]
 
 
 def test_corrupt_image_names_row(broken: dict[str, Any]) -> None:
-    fail = _by_column(broken["report"], "trajectories")["image_png_ok"]
+    fail = _by_column(broken["report"], "trajectories")["image_ok"]
     assert fail["expectation"] == "expect_column_values_to_be_in_set"
     assert fail["rows"] == [{"trajectory_id": "traj-1", "turn": 2}]
-    assert "trajectories: expect_column_values_to_be_in_set(image_png_ok)" in broken["message"]
+    assert "trajectories: expect_column_values_to_be_in_set(image_ok)" in broken["message"]
     assert "(trajectory_id=traj-1, turn=2)" in broken["message"]
 
 
@@ -212,16 +249,16 @@ def test_overall_mismatch_editor_and_duplicate_turn(broken: dict[str, Any]) -> N
     assert by_col["overall_error"]["rows"] == [{"trajectory_id": "traj-2", "turn": 2}]
     assert by_col["editor"]["rows"] == [{"trajectory_id": "traj-0", "turn": 2}]
     assert by_col["['trajectory_id', 'turn']"]["rows"] == [{"trajectory_id": "traj-3", "turn": 2}] * 2
-    assert set(by_col) == {"image_png_ok", "quality", "overall_error", "editor", "['trajectory_id', 'turn']"}
+    assert set(by_col) == {"image_ok", "quality", "overall_error", "editor", "['trajectory_id', 'turn']"}
 
 
 def test_step_sample_failures(broken: dict[str, Any]) -> None:
     by_col = _by_column(broken["report"], "sft")
-    assert by_col["previous_png_ok"]["rows"] == [{"sample_id": "sft-1"}]
+    assert by_col["previous_image_ok"]["rows"] == [{"sample_id": "sft-1"}]
     assert by_col["split"]["rows"] == [{"sample_id": "sft-0"}]
     assert by_col["sample_id"]["expectation"] == "expect_column_values_to_be_unique"
     assert by_col["sample_id"]["rows"] == [{"sample_id": "sft-2"}] * 2
-    assert set(by_col) == {"previous_png_ok", "split", "sample_id"}
+    assert set(by_col) == {"previous_image_ok", "split", "sample_id"}
 
 
 def test_unparsable_target_text_names_sample(broken: dict[str, Any]) -> None:

@@ -5,27 +5,32 @@ from components import FACTORY_IMAGE
 
 
 @dsl.component(base_image=FACTORY_IMAGE, install_kfp_package=False)
-def generate(params_json: str, trajectories: Output[Dataset]):
-    """Multi-turn trajectories, the expert playing the thinker."""
+def generate(params_json: str, trajectories: Output[Dataset], tasks: Input[Dataset] = None):  # type: ignore[assignment]
+    """Multi-turn trajectories, the expert playing the thinker; their image store is in trajectories/images.
+    `tasks`: a prepared folder (`editthinker prepare`); none: the synthetic world's tasks."""
     import json
     from pathlib import Path
 
     from editthinker.config import parse_params
     from editthinker.stages import generate as stage
 
-    stage.run(parse_params(json.loads(params_json)), Path(trajectories.path))
+    prepared = Path(tasks.path) if tasks is not None else None
+    stage.run(parse_params(json.loads(params_json)), Path(trajectories.path), tasks=prepared)
 
 
 @dsl.component(base_image=FACTORY_IMAGE, install_kfp_package=False)
-def generate_shard(params_json: str, shard: int, trajectories: Output[Dataset]):
-    """One shard of the generation fan-out: the trajectories of this shard's tasks."""
+def generate_shard(params_json: str, shard: int, trajectories: Output[Dataset],
+                   tasks: Input[Dataset] = None):  # type: ignore[assignment]  # fmt: skip
+    """One shard of the generation fan-out: the trajectories of this shard's tasks (of the prepared folder
+    `tasks`, or the synthetic world's), with the images they refer to in trajectories/images."""
     import json
     from pathlib import Path
 
     from editthinker.config import parse_params
     from editthinker.stages import generate as stage
 
-    stage.run_shard(parse_params(json.loads(params_json)), int(shard), Path(trajectories.path))
+    prepared = Path(tasks.path) if tasks is not None else None
+    stage.run_shard(parse_params(json.loads(params_json)), int(shard), Path(trajectories.path), tasks=prepared)
 
 
 @dsl.component(base_image=FACTORY_IMAGE, install_kfp_package=False)

@@ -9,6 +9,7 @@ def rl(
     params_json: str,
     rl_data: Input[Dataset],
     sft_checkpoint: Input[Model],
+    trajectories: Input[Dataset],
     checkpoint: Output[Model],
     metrics: Output[Metrics],
     training_log: Output[Artifact],
@@ -16,13 +17,14 @@ def rl(
     accelerate_config: str = "",
 ):
     """GRPO from the SFT checkpoint on RL step samples; on several GPUs (num_processes > 1) under
-    `accelerate launch` with accelerate_config. Logs the final metrics; the DVCLive curves go to training_log."""
+    `accelerate launch` with accelerate_config. Logs the final metrics; the DVCLive curves go to training_log.
+    `trajectories`: the generated dataset whose image store (its images/) the step samples refer to."""
     import json
     from pathlib import Path
 
     from editthinker.launch import run_training, scalar_metrics
 
-    inputs = [Path(rl_data.path), Path(sft_checkpoint.path)]
+    inputs = [Path(rl_data.path), Path(sft_checkpoint.path), Path(trajectories.path) / "images"]
     result = run_training("rl", params_json, inputs, Path(checkpoint.path), num_processes, accelerate_config,
                           Path(training_log.path))  # fmt: skip
     scalars = scalar_metrics(result)

@@ -8,6 +8,7 @@ from components import FACTORY_IMAGE
 def sft(
     params_json: str,
     sft_data: Input[Dataset],
+    trajectories: Input[Dataset],
     checkpoint: Output[Model],
     metrics: Output[Metrics],
     training_log: Output[Artifact],
@@ -15,14 +16,16 @@ def sft(
     accelerate_config: str = "",
 ):
     """Supervised fine-tuning of the thinker on SFT step samples; on several GPUs (num_processes > 1) under
-    `accelerate launch` with accelerate_config. Logs the final metrics; the DVCLive curves go to training_log."""
+    `accelerate launch` with accelerate_config. Logs the final metrics; the DVCLive curves go to training_log.
+    `trajectories`: the generated dataset whose image store (its images/) the step samples refer to."""
     import json
     from pathlib import Path
 
     from editthinker.launch import run_training, scalar_metrics
 
-    result = run_training("sft", params_json, [Path(sft_data.path)], Path(checkpoint.path), num_processes,
-                          accelerate_config, Path(training_log.path))  # fmt: skip
+    inputs = [Path(sft_data.path), Path(trajectories.path) / "images"]
+    result = run_training("sft", params_json, inputs, Path(checkpoint.path), num_processes, accelerate_config,
+                          Path(training_log.path))  # fmt: skip
     scalars = scalar_metrics(result)
     for name, value in scalars.items():
         metrics.log_metric(name, value)

@@ -20,4 +20,6 @@ def validate(
     from editthinker.stages import validate as stage
 
     params = parse_params(json.loads(params_json))
-    stage.run(params, Path(trajectories.path), Path(sft_data.path), Path(rl_data.path), Path(report.path))
+    trajectories_dir = Path(trajectories.path)  # its image store, images/, is the one every dataset refers to
+    stage.run(params, trajectories_dir, Path(sft_data.path), Path(rl_data.path), Path(report.path),
+              trajectories_dir / "images")  # fmt: skip

@@ -25,8 +25,11 @@ import yaml
 from editthinker.config import parse_params
 from editthinker.stages import module_of
 
-# each training stage's inputs, in the order of its `run` arguments, with the CLI option that takes each
-TRAINING_INPUTS: dict[str, tuple[str, ...]] = {"sft": ("--data",), "rl": ("--data", "--sft-checkpoint")}
+# each training stage's inputs, in order, with the CLI option that takes each and its `run` argument's name
+TRAINING_INPUTS: dict[str, tuple[str, ...]] = {"sft": ("--data", "--images"),
+                                               "rl": ("--data", "--sft-checkpoint", "--images")}  # fmt: skip
+RUN_ARGUMENTS: dict[str, tuple[str, ...]] = {"sft": ("sft_data", "images"),
+                                             "rl": ("rl_data", "sft_checkpoint", "images")}  # fmt: skip
 ACCELERATE_CONFIGS = ("zero3", "fsdp")  # configs/accelerate/<name>.yaml
 
 
@@ -82,7 +85,8 @@ def run_training(
     if num_processes <= 1:
         stage_module = importlib.import_module(module_of(stage))
         with _environ(env):
-            return dict(stage_module.run(parsed, *map(Path, inputs), Path(out)))
+            named = dict(zip(RUN_ARGUMENTS[stage], map(Path, inputs), strict=True))
+            return dict(stage_module.run(parsed, out_dir=Path(out), **named))
     if not Path(config_file).is_file():
         raise FileNotFoundError(f"accelerate config {config_file} not found")
     with tempfile.TemporaryDirectory(prefix=f"{stage}-launch-") as tmp:

@@ -14,6 +14,15 @@ def synthetic_rows(cfg: SourceConfig, world: WorldConfig) -> Iterator[RawRow]:
     for i in range(cfg.num_tasks):
         task = make_task(cfg.seed, i, world.min_shapes, world.max_shapes, world.styles)
         png = render_png(task.source, world.image_size)
-        yield RawRow(cfg.name, i, task.task_id, png, None, task.instruction, task.task_id, task.op.op,
-                     task.target.to_json(), task.metadata())
-
+        yield RawRow(
+            cfg.name,
+            i,
+            task.task_id,
+            png,
+            None,
+            task.instruction,
+            task.task_id,
+            task.op.op,
+            task.target.to_json(),
+            task.metadata(),
+        )
