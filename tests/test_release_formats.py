@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from editthinker import release_formats as rf
 from editthinker.cli import app
 from editthinker.config import parse_params
+from editthinker.images import ImageStore, carried_ref
 from editthinker.protocol import IMAGE_TOKEN, parse_thinker_answer
 from editthinker.records import STEP_SAMPLE_SCHEMA, iter_rows, read_manifest, write_dataset
 from editthinker.stages import filter as filter_stage
@@ -39,8 +40,14 @@ def steps(tmp_path_factory) -> Path:
     split.run(p, root / "filt", root / "sft", root / "rl")
     rows = list(iter_rows(root / "sft")) + list(iter_rows(root / "rl"))
     assert len(rows) >= 10
-    write_dataset(root / "steps", rows, STEP_SAMPLE_SCHEMA, 64)
+    # one dataset of both; its images stay in generate's store, which it names
+    write_dataset(root / "steps", rows, STEP_SAMPLE_SCHEMA, 64, {"images": carried_ref(root / "sft")})
     return root / "steps"
+
+
+def _store(steps: Path) -> Path:
+    """The image store the step samples refer to (generate's, inside the trajectories)."""
+    return steps.parent / "traj" / "images"
 
 
 def _rows(path: Path) -> list[dict]:
@@ -50,7 +57,7 @@ def _rows(path: Path) -> list[dict]:
 @pytest.mark.parametrize("fmt", rf.FORMATS)
 def test_export_then_import_keeps_everything_the_format_holds(steps, tmp_path, fmt):
     original = _rows(steps)
-    report = rf.export_steps(steps, tmp_path / "out", fmt)
+    report = rf.export_steps(steps, tmp_path / "out", fmt, images=_store(steps))
     assert report.written == len(original) and not report.skipped
     back_report = rf.import_steps(tmp_path / "out", tmp_path / "back", fmt)
     assert back_report.written == len(original) and not back_report.skipped
@@ -58,17 +65,20 @@ def test_export_then_import_keeps_everything_the_format_holds(steps, tmp_path, f
     assert len(back) == len(original)
     for a, b in zip(original, back, strict=True):
         assert {k: a[k] for k in HELD[fmt]} == {k: b[k] for k in HELD[fmt]}
-        assert rf.step_images(a) == rf.step_images(b)  # PNG bytes, byte for byte
+        # PNG bytes, byte for byte (the import keeps its images in a store of its own)
+        assert rf.step_images(a, ImageStore(_store(steps))) == rf.step_images(
+            b, ImageStore(tmp_path / "back" / "images")
+        )
         assert b["split"] == ("sft" if fmt == "llamafactory" else "rl")
     # the fields the format does not hold are the documented defaults, and the report lists them
-    held = set(HELD[fmt]) | {"source_png", "previous_png", "sample_id", "trajectory_id", "task_id"}
+    held = set(HELD[fmt]) | {"source_image", "previous_image", "sample_id", "trajectory_id", "task_id"}
     for name in set(STEP_SAMPLE_SCHEMA.names) - held:
         assert name in back_report.defaults
         assert back[0][name] == back_report.defaults[name], name
 
 
 def test_llamafactory_export_follows_the_loader_rules(steps, tmp_path):
-    rf.export_steps(steps, tmp_path / "out", "llamafactory")
+    rf.export_steps(steps, tmp_path / "out", "llamafactory", images=_store(steps))
     out = tmp_path / "out"
     records = json.loads((out / rf.SFT_FILE).read_text())
     assert isinstance(records, list) and records
@@ -96,8 +106,8 @@ def test_llamafactory_export_follows_the_loader_rules(steps, tmp_path):
 def test_exported_files_load_with_datasets_json_in_one_schema(steps, tmp_path):
     from datasets import load_dataset
 
-    rf.export_steps(steps, tmp_path / "rl", "easyr1")
-    rf.export_steps(steps, tmp_path / "sft", "llamafactory")
+    rf.export_steps(steps, tmp_path / "rl", "easyr1", images=_store(steps))
+    rf.export_steps(steps, tmp_path / "sft", "llamafactory", images=_store(steps))
     lines = (tmp_path / "rl" / rf.RL_FILE).read_text().splitlines()
     assert {tuple(sorted(json.loads(x))) for x in lines} == {tuple(sorted(rf.RL_KEYS))}
     cache = str(tmp_path / "hf-cache")
@@ -123,8 +133,8 @@ def _bad_rows(steps: Path) -> list[dict]:
 @pytest.mark.parametrize(("fmt", "bad"), [("llamafactory", {1, 2, 3}), ("easyr1", {3})])
 def test_a_bad_record_is_not_written_and_is_reported(steps, tmp_path, fmt, bad):
     rows = _bad_rows(steps)
-    write_dataset(tmp_path / "bad", rows, STEP_SAMPLE_SCHEMA, 64)
-    report = rf.export_steps(tmp_path / "bad", tmp_path / "out", fmt)
+    write_dataset(tmp_path / "bad", rows, STEP_SAMPLE_SCHEMA, 64, {"images": carried_ref(steps)})
+    report = rf.export_steps(tmp_path / "bad", tmp_path / "out", fmt, images=_store(steps))
     assert {p.record for p in report.skipped} == {rows[i]["sample_id"] for i in bad}
     assert report.written == len(rows) - len(bad)
     assert all(p.reasons for p in report.skipped)
@@ -181,8 +191,9 @@ def test_import_reports_broken_release_records_and_reads_jpeg(tmp_path):
     assert "rewritten_prompt is missing" in why["4"]
     (row,) = _rows(tmp_path / "ds")
     assert (row["target_semantic"], row["target_quality"]) == (4.0, 9.5)
-    assert row["previous_png"].startswith(b"\x89PNG")
-    assert Image.open(io.BytesIO(row["previous_png"])).getpixel((5, 5))[2] > 200
+    previous = ImageStore(tmp_path / "ds" / "images").bytes_of(row["previous_image"])
+    assert previous.startswith(b"\x89PNG")
+    assert Image.open(io.BytesIO(previous)).getpixel((5, 5))[2] > 200
     manifest = read_manifest(tmp_path / "ds")
     assert manifest["rows"] == 1 and manifest["lineage"]["stage"] == "import-easyr1"
     assert len(manifest["import"]["skipped"]) == 4
@@ -218,14 +229,17 @@ def test_import_llamafactory_reads_a_release_style_answer_leniently(tmp_path):
 
 
 def test_imported_samples_feed_the_training_stages(steps, tmp_path):
-    rf.export_steps(steps, tmp_path / "sft", "llamafactory")
-    rf.export_steps(steps, tmp_path / "rl", "easyr1")
+    rf.export_steps(steps, tmp_path / "sft", "llamafactory", images=_store(steps))
+    rf.export_steps(steps, tmp_path / "rl", "easyr1", images=_store(steps))
     rf.import_steps(tmp_path / "sft", tmp_path / "sft-back", "llamafactory")
     rf.import_steps(tmp_path / "rl", tmp_path / "rl-back", "easyr1", editor="painter")
-    sft = thinker_dataset(_rows(tmp_path / "sft-back"), completion=True)
+    sft = thinker_dataset(
+        _rows(tmp_path / "sft-back"), completion=True, images=ImageStore(tmp_path / "sft-back" / "images")
+    )
     assert sft.num_rows > 0 and sft[0]["completion"][0]["content"].startswith("<think>")
-    keep = ("editor", "seed", "source_png", "target_semantic", "target_quality")
-    rl = thinker_dataset(_rows(tmp_path / "rl-back"), completion=False, keep=keep)
+    keep = ("editor", "seed", "source_image", "target_semantic", "target_quality")
+    rl_store = ImageStore(tmp_path / "rl-back" / "images")
+    rl = thinker_dataset(_rows(tmp_path / "rl-back"), completion=False, images=rl_store, keep=keep)
     assert rl.num_rows > 0 and rl[0]["editor"] == "painter"
     assert len(rl[0]["images"]) == 2
 
@@ -233,7 +247,10 @@ def test_imported_samples_feed_the_training_stages(steps, tmp_path):
 def test_cli_export_and_import(steps, tmp_path):
     runner = CliRunner()
     out = tmp_path / "out"
+    store = ["--images", str(_store(steps))]
     res = runner.invoke(app, ["export", "--format", "easyr1", "--data", str(steps), "--out", str(out)])
+    assert res.exit_code != 0 and "no image store there" in res.output  # data/trajectories/images: absent
+    res = runner.invoke(app, ["export", "--format", "easyr1", "--data", str(steps), "--out", str(out), *store])
     assert res.exit_code == 0, res.output
     assert (out / rf.RL_FILE).is_file()
     res = runner.invoke(app, ["import", "--format", "easyr1", "--data", str(out), "--out", str(tmp_path / "ds")])
@@ -244,7 +261,7 @@ def test_cli_export_and_import(steps, tmp_path):
     # a user's template and absolute image paths
     (tmp_path / "t.txt").write_text("<image><image>want {original_instruction}; used {rewritten_prompt}")
     args = ["--format", "llamafactory", "--template", str(tmp_path / "t.txt")]
-    res = runner.invoke(app, ["export", *args, "--data", str(steps), "--out", str(out), "--absolute-paths"])
+    res = runner.invoke(app, ["export", *args, "--data", str(steps), "--out", str(out), "--absolute-paths", *store])
     assert res.exit_code == 0, res.output
     records = json.loads((out / rf.SFT_FILE).read_text())
     assert records[0]["messages"][0]["content"].startswith("<image><image>want ")
@@ -258,8 +275,8 @@ def test_cli_export_and_import(steps, tmp_path):
 def test_sft_and_rl_stages_train_on_imported_samples(steps, tmp_path):
     from editthinker.stages import rl, sft
 
-    rf.export_steps(steps, tmp_path / "sft", "llamafactory")
-    rf.export_steps(steps, tmp_path / "rl", "easyr1")
+    rf.export_steps(steps, tmp_path / "sft", "llamafactory", images=_store(steps))
+    rf.export_steps(steps, tmp_path / "rl", "easyr1", images=_store(steps))
     rf.import_steps(tmp_path / "sft", tmp_path / "sft-back", "llamafactory")
     rf.import_steps(tmp_path / "rl", tmp_path / "rl-back", "easyr1", editor="painter")
     p = parse_params({"sft": {"max_steps": 2, "batch_size": 2}, "rl": {"max_steps": 1, "batch_size": 4,
