@@ -50,6 +50,9 @@ RegistryOpt = Annotated[
 ]
 SftOpt = Annotated[str | None, typer.Option("--sft-data", help="train only: URI of SFT step samples")]
 RlOpt = Annotated[str | None, typer.Option("--rl-data", help="train only: URI of RL step samples")]
+TrajOpt = Annotated[
+    str | None, typer.Option("--trajectories", help="train only: URI of the trajectories (their image store)")
+]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="run every step again (default: per-step caching)")]
 DEFAULT_TOKEN_ENV = "KFP_TOKEN"
 TokenEnvOpt = Annotated[
@@ -125,9 +128,11 @@ def run_name(params: Params, pipeline: str) -> str:
 
 
 def _arguments(
-    params: Params, pipeline: Which, registry: str | None, sft: str | None, rl: str | None
-) -> dict[str, Any]:
-    uris = {k: v for k, v in (("sft_data_uri", sft), ("rl_data_uri", rl)) if v}
+    params: Params, pipeline: Which, registry: str | None, sft: str | None, rl: str | None,
+    trajectories: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    named = (("sft_data_uri", sft), ("rl_data_uri", rl), ("trajectories_uri", trajectories))
+    uris = {k: v for k, v in named if v}
     if pipeline != Which.data and registry is None and not params.kubernetes.registry.pvc:
         console.print(
             "[yellow]warning:[/yellow] no registry PVC (kubernetes.registry.pvc) and no --registry: the registry "
@@ -144,7 +149,7 @@ def _arguments(
     try:
         return pipeline_arguments(params, pipeline.value, registry, uris)
     except ValueError as exc:
-        raise typer.BadParameter(f"{exc} (--sft-data, --rl-data)") from None
+        raise typer.BadParameter(f"{exc} (--sft-data, --rl-data, --trajectories)") from None
 
 
 def cron6(cron: str) -> str:
@@ -181,6 +186,7 @@ def submit(
     registry: RegistryOpt = None,
     sft_data: SftOpt = None,
     rl_data: RlOpt = None,
+    trajectories: TrajOpt = None,
     namespace: NamespaceOpt = None,
     no_cache: NoCacheOpt = False,
     token_env: TokenEnvOpt = None,
@@ -189,7 +195,7 @@ def submit(
     """Compile one pipeline with params and start a run of it on a KFP backend."""
     auth = auth_from(token_env, token_file)
     p = _params(params, set_)
-    args = _arguments(p, pipeline, registry, sft_data, rl_data)
+    args = _arguments(p, pipeline, registry, sft_data, rl_data, trajectories)
     name = run_name(p, pipeline.value)
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(Path(tmp) / f"editthinker-{pipeline.value}.yaml", pipeline.value, p)
@@ -216,6 +222,7 @@ def schedule(
     registry: RegistryOpt = None,
     sft_data: SftOpt = None,
     rl_data: RlOpt = None,
+    trajectories: TrajOpt = None,
     namespace: NamespaceOpt = None,
     no_cache: NoCacheOpt = False,
     token_env: TokenEnvOpt = None,
@@ -228,7 +235,7 @@ def schedule(
     """
     auth = auth_from(token_env, token_file)
     p = _params(params, set_)
-    args = _arguments(p, pipeline, registry, sft_data, rl_data)
+    args = _arguments(p, pipeline, registry, sft_data, rl_data, trajectories)
     expression = cron6(cron)
     name = run_name(p, pipeline.value)
     with tempfile.TemporaryDirectory() as tmp:

@@ -283,7 +283,8 @@ def pipeline_arguments(
     """The run-time arguments of `pipeline` for `params`: each stage's params, the registry, the data URIs.
 
     The registry defaults to the registry PVC's mount path when params.kubernetes.registry mounts one, else
-    params.promote.registry. The train pipeline needs `data_uris` = {sft_data_uri, rl_data_uri}.
+    params.promote.registry. The train pipeline needs `data_uris` = {sft_data_uri, rl_data_uri, trajectories_uri}
+    (the trajectories hold the image store the step samples refer to).
     """
     if pipeline not in PIPELINE_STAGES:
         raise ValueError(f"unknown pipeline {pipeline!r}; pipelines: {list(PIPELINE_STAGES)}")
@@ -293,10 +294,11 @@ def pipeline_arguments(
         args["registry"] = registry or (reg.mount_path if reg.pvc else params.promote.registry)
     if pipeline == "train":
         uris = data_uris or {}
-        missing = sorted({"sft_data_uri", "rl_data_uri"} - set(uris))
+        needed = ("sft_data_uri", "rl_data_uri", "trajectories_uri")
+        missing = sorted(set(needed) - set(uris))
         if missing:
             raise ValueError(f"the train pipeline needs {missing}")
-        args.update({k: uris[k] for k in ("sft_data_uri", "rl_data_uri")})
+        args.update({k: uris[k] for k in needed})
     return args
 
 

@@ -39,7 +39,7 @@ DATA = ["generate-shard", "generate-gather", "filter", "split", "validate"]
 TRAIN = ["sft", "rl", "evaluate", "challenge", "promote"]
 EXPECTED = {
     "editthinker-data": DATA,
-    "editthinker-train": ["importer", "importer-2", *TRAIN],
+    "editthinker-train": ["importer", "importer-2", "importer-3", *TRAIN],
     "editthinker-factory": DATA + TRAIN,
 }
 CHAINS = {"editthinker-data": DATA, "editthinker-train": TRAIN, "editthinker-factory": DATA + TRAIN}
@@ -573,8 +573,12 @@ def test_pipeline_submit_hands_package_arguments_and_run_name_to_the_client(
     assert result.exit_code != 0 and "sft_data_uri" in result.output  # train needs its data
     uris = ["--sft-data", "s3://bucket/runs/1/sft_data", "--rl-data", "s3://bucket/runs/1/rl_data"]
     result = CliRunner().invoke(cli_app, [*args, "--pipeline", "train", *uris])
+    assert result.exit_code != 0 and "trajectories_uri" in result.output  # and the image store's dataset
+    uris += ["--trajectories", "s3://bucket/runs/1/trajectories"]
+    result = CliRunner().invoke(cli_app, [*args, "--pipeline", "train", *uris])
     assert result.exit_code == 0, result.output
     [(_, call)] = fake_client.last.calls
+    assert call["arguments"]["trajectories_uri"] == "s3://bucket/runs/1/trajectories"
     assert call["arguments"]["sft_data_uri"] == "s3://bucket/runs/1/sft_data"
     assert call["arguments"]["rl_data_uri"] == "s3://bucket/runs/1/rl_data"
 
