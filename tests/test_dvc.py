@@ -1,5 +1,6 @@
 """`dvc repro` in a temporary git repo: the data stages run through the CLI, give the same dataset as the
-stage functions called directly, and a second `dvc repro` is a no-op."""
+stage functions called directly, validate takes generate's image store as a dep, and a second `dvc repro` is a
+no-op."""
 
 import os
 import shutil
@@ -63,6 +64,15 @@ def test_dvc_repro_matches_direct_run_and_is_then_a_noop(dvc_repo, tmp_path):
 
     again = run("dvc", "repro", "split")
     assert "Running stage" not in again
+
+    # validate takes generate's image store (data/trajectories/images, inside generate's output) as a dep of
+    # its own: DVC accepts a dep inside another stage's out and records the store's hash in dvc.lock
+    checked = run("dvc", "repro", "validate")
+    assert "Running stage 'validate'" in checked and "Running stage 'generate'" not in checked
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    store_dep = [d for d in lock["stages"]["validate"]["deps"] if d["path"] == "data/trajectories/images"]
+    assert len(store_dep) == 1 and store_dep[0]["md5"].endswith(".dir")
+    assert "Running stage" not in run("dvc", "repro", "validate")
 
     params["split"]["seed"] = params["split"]["seed"] + 1  # only the split stage reads this section
     (repo / "params.yaml").write_text(yaml.safe_dump(params))

@@ -39,32 +39,34 @@ def test_accelerate_argv_launches_the_stage_cli() -> None:
     config = accelerate_config_file(ROOT / "configs", "zero3")
     assert config.is_file()
     p, data, sft, out = Path("/tmp/p.yaml"), Path("/in/rl"), Path("/in/sft"), Path("/out/rl")
-    argv = accelerate_argv("rl", 4, config, p, [data, sft], out)
+    images = Path("/in/trajectories/images")
+    argv = accelerate_argv("rl", 4, config, p, [data, sft, images], out)
     assert argv[:3] == [sys.executable, "-m", "accelerate.commands.launch"]  # = `accelerate launch`
     assert argv[3:] == [
         "--num_processes", "4", "--config_file", str(config),
         "-m", "editthinker.cli", "rl", "--params", str(p), "--data", str(data), "--sft-checkpoint", str(sft),
-        "--out", str(out),
+        "--images", str(images), "--out", str(out),
     ]  # fmt: skip
-    sft_argv = accelerate_argv("sft", 2, accelerate_config_file(ROOT / "configs", "fsdp"), p, [data], out)
+    sft_argv = accelerate_argv("sft", 2, accelerate_config_file(ROOT / "configs", "fsdp"), p, [data, images], out)
     assert sft_argv[sft_argv.index("--config_file") + 1].endswith("configs/accelerate/fsdp.yaml")
-    assert sft_argv[sft_argv.index("editthinker.cli") + 1 :] == ["sft", "--params", str(p), "--data", str(data),
-                                                                 "--out", str(out)]  # fmt: skip
+    assert sft_argv[sft_argv.index("editthinker.cli") + 1 :] == [
+        "sft", "--params", str(p), "--data", str(data), "--images", str(images), "--out", str(out),
+    ]  # fmt: skip
 
 
 def test_launcher_refuses_what_it_cannot_launch(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="'evaluate' is not a training stage"):
         accelerate_argv("evaluate", 2, "c.yaml", tmp_path / "p", [tmp_path], tmp_path)
-    with pytest.raises(ValueError, match="rl takes 2 inputs"):
-        accelerate_argv("rl", 2, "c.yaml", tmp_path / "p", [tmp_path], tmp_path)
+    with pytest.raises(ValueError, match=r"rl takes 3 inputs \(--data, --sft-checkpoint, --images\), got 2"):
+        accelerate_argv("rl", 2, "c.yaml", tmp_path / "p", [tmp_path, tmp_path], tmp_path)
     with pytest.raises(ValueError, match="2 or more processes"):
-        accelerate_argv("sft", 1, "c.yaml", tmp_path / "p", [tmp_path], tmp_path)
+        accelerate_argv("sft", 1, "c.yaml", tmp_path / "p", [tmp_path, tmp_path], tmp_path)
     with pytest.raises(ValueError, match="accelerate config 'ddp'"):
         accelerate_config_file(ROOT / "configs", "ddp")
     with pytest.raises(FileNotFoundError, match="accelerate config"):
-        run_training("sft", json.dumps(PARAMS), [tmp_path], tmp_path / "out", 2, tmp_path / "missing.yaml")
+        run_training("sft", json.dumps(PARAMS), [tmp_path, tmp_path], tmp_path / "out", 2, tmp_path / "missing.yaml")
     with pytest.raises(ValueError, match=r"sft\.max_stepz: unknown key"):
-        run_training("sft", json.dumps({"sft": {"max_stepz": 1}}), [tmp_path], tmp_path / "out", 2, "")
+        run_training("sft", json.dumps({"sft": {"max_stepz": 1}}), [tmp_path, tmp_path], tmp_path / "out", 2, "")
     assert not (tmp_path / "out").exists()
 
 
@@ -88,7 +90,7 @@ def test_in_process_training_logs_dvclive_curves_and_the_same_weights(sft_data: 
 
     plain = sft.run(parse_params(PARAMS), sft_data, tmp_path / "plain")
     logs = tmp_path / "logs"
-    logged = run_training("sft", json.dumps(PARAMS), [sft_data], tmp_path / "logged", 1, "", logs)
+    logged = run_training("sft", json.dumps(PARAMS), [sft_data, sft_data / "images"], tmp_path / "logged", 1, "", logs)
     assert TRAINING_LOGS_ENV not in os.environ  # set for the run only
     assert logged["model_id"] == plain["model_id"] and logged["loss_curve"] == plain["loss_curve"]
     assert hash_path(tmp_path / "logged") == hash_path(tmp_path / "plain")  # the checkpoint holds no logs
@@ -109,7 +111,7 @@ def test_accelerate_launch_trains_over_two_processes(sft_data: Path, tmp_path: P
     config = tmp_path / "two_processes.yaml"
     config.write_text(TWO_PROCESSES)
     out, logs = tmp_path / "out", tmp_path / "logs"
-    metrics = run_training("sft", json.dumps(PARAMS), [sft_data], out, 2, config, logs)
+    metrics = run_training("sft", json.dumps(PARAMS), [sft_data, sft_data / "images"], out, 2, config, logs)
     printed = capfd.readouterr()
     assert (printed.out + printed.err).count("sft done") == 2, "one line per process"
     assert metrics["steps"] == PARAMS["sft"]["max_steps"] and metrics["model_id"].startswith("tiny-qwen2.5-vl@")

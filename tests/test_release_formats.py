@@ -244,12 +244,13 @@ def test_imported_samples_feed_the_training_stages(steps, tmp_path):
     assert len(rl[0]["images"]) == 2
 
 
-def test_cli_export_and_import(steps, tmp_path):
+def test_cli_export_and_import(steps, tmp_path, monkeypatch):
     runner = CliRunner()
     out = tmp_path / "out"
     store = ["--images", str(_store(steps))]
+    monkeypatch.chdir(tmp_path)  # the default store, data/trajectories/images, is relative: absent here
     res = runner.invoke(app, ["export", "--format", "easyr1", "--data", str(steps), "--out", str(out)])
-    assert res.exit_code != 0 and "no image store there" in res.output  # data/trajectories/images: absent
+    assert res.exit_code != 0 and "no image store there" in res.output
     res = runner.invoke(app, ["export", "--format", "easyr1", "--data", str(steps), "--out", str(out), *store])
     assert res.exit_code == 0, res.output
     assert (out / rf.RL_FILE).is_file()

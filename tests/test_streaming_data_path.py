@@ -81,7 +81,8 @@ def test_same_bytes_when_trajectories_span_shards_come_unsorted_and_the_spill_ha
     groups = [list(g) for _, g in groupby(iter_rows(trajectories), key=lambda r: r["trajectory_id"])]
     rows = [r for g in reversed(groups) for r in g]  # trajectories out of id order: the outputs must sort them
     odd = tmp_path / "odd"  # 7-row shards: most trajectories straddle a shard boundary
-    write_dataset(odd, rows, TRAJECTORY_SCHEMA, 7, {"lineage": read_manifest(trajectories)["lineage"]})
+    manifest = read_manifest(trajectories)  # the same rows refer to the same image store
+    write_dataset(odd, rows, TRAJECTORY_SCHEMA, 7, {"lineage": manifest["lineage"], "images": manifest["images"]})
     assert len(read_manifest(odd)["files"]) > 50
     monkeypatch.setattr(split, "SPILL_ROWS", 9)  # tens of sorted buckets per output
     monkeypatch.setattr(split, "ROWS_PER_SHARD", 5)

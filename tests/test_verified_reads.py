@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -29,9 +30,8 @@ def datasets(tmp_path_factory):
 
 
 def fresh_copy(src: Path, dst: Path) -> Path:
-    dst.mkdir(parents=True)
-    for p in src.iterdir():
-        (dst / p.name).write_bytes(p.read_bytes())
+    """A copy of a dataset folder, its image store (images/) included."""
+    shutil.copytree(src, dst)
     return dst
 
 
@@ -49,14 +49,15 @@ def change_instruction(shard: Path) -> None:
     pq.write_table(type(table).from_pylist(rows, schema=table.schema), shard, **_WRITE_OPTS)
 
 
-def garbage_png(shard: Path) -> None:
+def foreign_image(shard: Path) -> None:
+    """A row made to refer to an image (by hash) that is not in the store."""
     table = pq.read_table(shard)
     rows = table.to_pylist()
-    rows[0]["image_png"] = b"\x89PNG not an image at all"
+    rows[0]["image"] = hashlib.sha256(b"an image from elsewhere").hexdigest()
     pq.write_table(type(table).from_pylist(rows, schema=table.schema), shard, **_WRITE_OPTS)
 
 
-TAMPER = {"flipped-bytes": flip_bytes, "changed-instruction": change_instruction, "garbage-png": garbage_png}
+TAMPER = {"flipped-bytes": flip_bytes, "changed-instruction": change_instruction, "foreign-image": foreign_image}
 
 
 @pytest.mark.parametrize("tamper", TAMPER)
@@ -170,5 +171,7 @@ def test_validate_reports_a_changed_shard_as_unreadable_naming_the_file(datasets
     report = json.loads((tmp_path / "report" / "report.json").read_text())  # written all the same
     assert f"{shard}: sha256" in report["datasets"]["trajectories"]["error"]
     assert report["datasets"]["sft"]["success"] and report["datasets"]["rl"]["success"]
-    assert set(report["lineage"]["inputs"]) == {"sft", "rl"}  # only what was read and verified
+    # only what was read and verified: the step samples and the image store (not the changed trajectories)
+    assert set(report["lineage"]["inputs"]) == {"sft", "rl", "images"}
+    assert report["lineage"]["inputs"]["images"] == verify_dataset(traj / "images")
     assert report["lineage"]["inputs"]["sft"] == verify_dataset(tmp_path / "sft")
