@@ -53,6 +53,10 @@ RlOpt = Annotated[str | None, typer.Option("--rl-data", help="train only: URI of
 TrajOpt = Annotated[
     str | None, typer.Option("--trajectories", help="train only: URI of the trajectories (their image store)")
 ]
+TasksOpt = Annotated[
+    str | None,
+    typer.Option("--tasks", help="data/factory: URI of prepared tasks (`editthinker prepare`) for generate"),
+]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="run every step again (default: per-step caching)")]
 DEFAULT_TOKEN_ENV = "KFP_TOKEN"
 TokenEnvOpt = Annotated[
@@ -129,7 +133,7 @@ def run_name(params: Params, pipeline: str) -> str:
 
 def _arguments(
     params: Params, pipeline: Which, registry: str | None, sft: str | None, rl: str | None,
-    trajectories: str | None = None,
+    trajectories: str | None = None, tasks: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     named = (("sft_data_uri", sft), ("rl_data_uri", rl), ("trajectories_uri", trajectories))
     uris = {k: v for k, v in named if v}
@@ -147,9 +151,9 @@ def _arguments(
             highlight=False,
         )
     try:
-        return pipeline_arguments(params, pipeline.value, registry, uris)
+        return pipeline_arguments(params, pipeline.value, registry, uris, tasks)
     except ValueError as exc:
-        raise typer.BadParameter(f"{exc} (--sft-data, --rl-data, --trajectories)") from None
+        raise typer.BadParameter(f"{exc} (--sft-data, --rl-data, --trajectories, --tasks)") from None
 
 
 def cron6(cron: str) -> str:
@@ -167,10 +171,13 @@ def compile_(
     params: ParamsOpt = None,
     set_: SetOpt = None,
     out: Annotated[Path, typer.Option("--out", help="output folder")] = Path("build/pipelines"),
+    prepared_tasks: Annotated[
+        bool, typer.Option("--prepared-tasks", help="data/factory take `tasks_uri`: prepared tasks for generate")
+    ] = False,
 ) -> None:
     """Compile the data, train and factory pipelines to KFP YAML with params' platform settings."""
     p = _params(params, set_)
-    for name, path in compile_all(out, p).items():
+    for name, path in compile_all(out, p, prepared_tasks).items():
         typer.echo(f"{name}\t{path}")
     names = " + ".join(str(x) for x in params or [Path("params.yaml")]) + (" + --set" if set_ else "")
     console.print(f"compiled with {names} (params sha256 {p.section_hash()[:12]})", highlight=False)
@@ -187,6 +194,7 @@ def submit(
     sft_data: SftOpt = None,
     rl_data: RlOpt = None,
     trajectories: TrajOpt = None,
+    tasks: TasksOpt = None,
     namespace: NamespaceOpt = None,
     no_cache: NoCacheOpt = False,
     token_env: TokenEnvOpt = None,
@@ -195,10 +203,10 @@ def submit(
     """Compile one pipeline with params and start a run of it on a KFP backend."""
     auth = auth_from(token_env, token_file)
     p = _params(params, set_)
-    args = _arguments(p, pipeline, registry, sft_data, rl_data, trajectories)
+    args = _arguments(p, pipeline, registry, sft_data, rl_data, trajectories, tasks)
     name = run_name(p, pipeline.value)
     with tempfile.TemporaryDirectory() as tmp:
-        package = compile_pipeline(Path(tmp) / f"editthinker-{pipeline.value}.yaml", pipeline.value, p)
+        package = compile_pipeline(Path(tmp) / f"editthinker-{pipeline.value}.yaml", pipeline.value, p, bool(tasks))
         client = _client(host, namespace, auth)
         result = client.create_run_from_pipeline_package(
             pipeline_file=str(package),
@@ -223,6 +231,7 @@ def schedule(
     sft_data: SftOpt = None,
     rl_data: RlOpt = None,
     trajectories: TrajOpt = None,
+    tasks: TasksOpt = None,
     namespace: NamespaceOpt = None,
     no_cache: NoCacheOpt = False,
     token_env: TokenEnvOpt = None,
@@ -235,11 +244,11 @@ def schedule(
     """
     auth = auth_from(token_env, token_file)
     p = _params(params, set_)
-    args = _arguments(p, pipeline, registry, sft_data, rl_data, trajectories)
+    args = _arguments(p, pipeline, registry, sft_data, rl_data, trajectories, tasks)
     expression = cron6(cron)
     name = run_name(p, pipeline.value)
     with tempfile.TemporaryDirectory() as tmp:
-        package = compile_pipeline(Path(tmp) / f"editthinker-{pipeline.value}.yaml", pipeline.value, p)
+        package = compile_pipeline(Path(tmp) / f"editthinker-{pipeline.value}.yaml", pipeline.value, p, bool(tasks))
         client = _client(host, namespace, auth)
         exp = client.create_experiment(name=experiment, namespace=namespace)
         job = client.create_recurring_run(

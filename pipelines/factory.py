@@ -18,8 +18,13 @@ generation shards. Compile and submit with the same params (the `editthinker pip
 
     compile_pipeline("factory.yaml", "factory", params)    # for a KFP backend
     run_local(params, Path("runs/x"))                       # kfp.local, subprocesses of this interpreter
+
+Generating from your own data: compile with `prepared_tasks=True` and the data and factory pipelines take one more
+run-time argument, `tasks_uri`, the URI of a prepared folder (`editthinker prepare --out ...` copied to the
+artifact store); generate (every shard) reads its tasks from there instead of the synthetic world.
 """
 
+import inspect
 import json
 import warnings
 from pathlib import Path
@@ -75,20 +80,25 @@ class FactoryOutputs(NamedTuple):
     comparison: Artifact
 
 
-def _data_steps(params: Params, p: dict[str, Any]) -> dict[str, Any]:
+def _data_steps(params: Params, p: dict[str, Any], tasks_uri: Any = None) -> dict[str, Any]:
     """Add the data steps to the pipeline being defined; return their tasks. `p` holds each stage's params
     argument by stage name. More than one generation shard fans out (dsl.ParallelFor over the shard numbers,
-    fixed at compile time) and is gathered (dsl.Collected)."""
+    fixed at compile time) and is gathered (dsl.Collected). `tasks_uri` (a pipeline argument): the prepared tasks
+    generate reads, imported as a Dataset; None: the synthetic world's tasks."""
     k8s = params.kubernetes
     shards = params.generate.shards
     t: dict[str, Any] = {}
+    tasks: dict[str, Any] = {}
+    if tasks_uri is not None:
+        t["tasks"] = dsl.importer(artifact_uri=tasks_uri, artifact_class=Dataset, reimport=False)
+        tasks["tasks"] = t["tasks"].output
     if shards > 1:
         with dsl.ParallelFor(list(range(shards)), parallelism=k8s.generate_parallelism or None) as shard:
-            one = apply(generate_shard(params_json=p["generate"], shard=shard), "generate", k8s)
+            one = apply(generate_shard(params_json=p["generate"], shard=shard, **tasks), "generate", k8s)
         gathered = generate_gather(params_json=p["generate"], shards=dsl.Collected(one.outputs["trajectories"]))
         t["generate"] = apply(gathered, "gather", k8s)
     else:
-        t["generate"] = apply(generate(params_json=p["generate"]), "generate", k8s)
+        t["generate"] = apply(generate(params_json=p["generate"], **tasks), "generate", k8s)
     trajectories = t["generate"].outputs["trajectories"]
     t["filter"] = apply(filter_(params_json=p["filter"], trajectories=trajectories), "filter", k8s)
     t["split"] = apply(split(params_json=p["split"], filtered=t["filter"].outputs["filtered"]), "split", k8s)
@@ -187,15 +197,29 @@ def _train_outputs(t: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def build_pipelines(params: Params) -> dict[str, GraphComponent]:
-    """The three pipelines with `params`' platform settings and generation shards: {data, train, factory}."""
+def build_pipelines(params: Params, prepared_tasks: bool = False) -> dict[str, GraphComponent]:
+    """The three pipelines with `params`' platform settings and generation shards: {data, train, factory}. With
+    `prepared_tasks`, data and factory take `tasks_uri` (prepared tasks for generate) as a run-time argument."""
+
+    def data_steps(p: dict[str, Any], tasks_uri: str) -> dict[str, Any]:
+        return _data_steps(params, p, tasks_uri if prepared_tasks else None)
+
+    def tasks_input(func: Any) -> Any:
+        """The pipeline function as KFP sees it: without its last parameter, `tasks_uri`, unless the pipelines
+        take prepared tasks (KFP reads the inputs from the signature and passes them by position)."""
+        if not prepared_tasks:
+            sig = inspect.signature(func)
+            func.__signature__ = sig.replace(parameters=[v for k, v in sig.parameters.items() if k != "tasks_uri"])
+        return func
 
     @dsl.pipeline(name="editthinker-data", description="Trajectories, filter, step samples, data checks.")
+    @tasks_input
     def editthinker_data(
-        generate_params: str, filter_params: str, split_params: str, validate_params: str
+        generate_params: str, filter_params: str, split_params: str, validate_params: str, tasks_uri: str = ""
     ) -> DataOutputs:
+        """`tasks_uri`: the prepared tasks generate reads (only when compiled with prepared_tasks)."""
         p = {"generate": generate_params, "filter": filter_params, "split": split_params, "validate": validate_params}
-        return DataOutputs(**_data_outputs(_data_steps(params, p)))
+        return DataOutputs(**_data_outputs(data_steps(p, tasks_uri)))
 
     @dsl.pipeline(name="editthinker-train", description="SFT, RL, evaluation and promotion of a thinker.")
     def editthinker_train(
@@ -226,6 +250,7 @@ def build_pipelines(params: Params) -> dict[str, GraphComponent]:
         return TrainOutputs(**_train_outputs(t))
 
     @dsl.pipeline(name="editthinker-factory", description="Data, SFT, RL, evaluation and promotion of a thinker.")
+    @tasks_input
     def editthinker_factory(
         generate_params: str,
         filter_params: str,
@@ -237,8 +262,10 @@ def build_pipelines(params: Params) -> dict[str, GraphComponent]:
         benchmark_params: str,
         promote_params: str,
         registry: str = "",
+        tasks_uri: str = "",
     ) -> FactoryOutputs:
-        """`registry` empty means params.promote.registry, as seen from the challenge and promote tasks."""
+        """`registry` empty means params.promote.registry, as seen from the challenge and promote tasks;
+        `tasks_uri`: the prepared tasks generate reads (only when compiled with prepared_tasks)."""
         p = {
             "generate": generate_params,
             "filter": filter_params,
@@ -250,7 +277,7 @@ def build_pipelines(params: Params) -> dict[str, GraphComponent]:
             "benchmark": benchmark_params,
             "promote": promote_params,
         }
-        d = _data_steps(params, p)
+        d = data_steps(p, tasks_uri)
         t = _train_steps(params, p, d["split"].outputs["sft_data"], d["split"].outputs["rl_data"], registry,
                          d["generate"].outputs["trajectories"])  # fmt: skip
         t["sft"].after(d["validate"])
@@ -278,16 +305,20 @@ def params_json(params: Params, stage: str) -> str:
 
 
 def pipeline_arguments(
-    params: Params, pipeline: str = "factory", registry: str | None = None, data_uris: dict[str, str] | None = None
-) -> dict[str, Any]:
+    params: Params, pipeline: str = "factory", registry: str | None = None, data_uris: dict[str, str] | None = None,
+    tasks_uri: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """The run-time arguments of `pipeline` for `params`: each stage's params, the registry, the data URIs.
 
     The registry defaults to the registry PVC's mount path when params.kubernetes.registry mounts one, else
     params.promote.registry. The train pipeline needs `data_uris` = {sft_data_uri, rl_data_uri, trajectories_uri}
-    (the trajectories hold the image store the step samples refer to).
+    (the trajectories hold the image store the step samples refer to). `tasks_uri`: the prepared tasks generate
+    reads (data and factory pipelines compiled with prepared_tasks).
     """
     if pipeline not in PIPELINE_STAGES:
         raise ValueError(f"unknown pipeline {pipeline!r}; pipelines: {list(PIPELINE_STAGES)}")
+    if tasks_uri is not None and "generate" not in PIPELINE_STAGES[pipeline]:
+        raise ValueError(f"the {pipeline} pipeline does not generate: it takes no prepared tasks")
     args: dict[str, Any] = {f"{stage}_params": params_json(params, stage) for stage in PIPELINE_STAGES[pipeline]}
     if pipeline in ("train", "factory"):
         reg = params.kubernetes.registry
@@ -299,21 +330,29 @@ def pipeline_arguments(
         if missing:
             raise ValueError(f"the train pipeline needs {missing}")
         args.update({k: uris[k] for k in needed})
+    if tasks_uri is not None:
+        args["tasks_uri"] = tasks_uri
     return args
 
 
-def compile_pipeline(path: str | Path, pipeline: str = "factory", params: Params | None = None) -> Path:
-    """Compile a pipeline (data, train or factory) with `params`' platform settings to KFP IR YAML."""
+def compile_pipeline(path: str | Path, pipeline: str = "factory", params: Params | None = None,
+                     prepared_tasks: bool = False) -> Path:  # fmt: skip
+    """Compile a pipeline (data, train or factory) with `params`' platform settings to KFP IR YAML;
+    `prepared_tasks`: generate reads the prepared tasks at the run-time argument `tasks_uri`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pipelines = PIPELINES if params is None else build_pipelines(params)
+    built = params is not None or prepared_tasks
+    pipelines = build_pipelines(params or Params(), prepared_tasks) if built else PIPELINES
     compiler.Compiler().compile(pipelines[pipeline], package_path=str(path))
     return path
 
 
-def compile_all(out_dir: str | Path, params: Params | None = None) -> dict[str, Path]:
+def compile_all(out_dir: str | Path, params: Params | None = None, prepared_tasks: bool = False) -> dict[str, Path]:
     """Every pipeline into out_dir/editthinker-<name>.yaml."""
-    return {name: compile_pipeline(Path(out_dir) / f"editthinker-{name}.yaml", name, params) for name in PIPELINES}
+    return {
+        name: compile_pipeline(Path(out_dir) / f"editthinker-{name}.yaml", name, params, prepared_tasks)
+        for name in PIPELINES
+    }
 
 
 def run_local(
@@ -323,8 +362,10 @@ def run_local(
     registry: str | Path | None = None,
     enable_caching: bool = False,
     data_uris: dict[str, str] | None = None,
+    tasks_uri: str | None = None,
 ) -> dict[str, str]:
     """Run a pipeline under kfp.local (subprocesses, no containers); return its output artifacts' paths.
+    `tasks_uri`: a prepared folder generate reads its tasks from (default: the synthetic world).
 
     The pipeline is built from `params` (its generation fan-out included; kfp.local runs ParallelFor,
     Collected and If, and ignores the platform settings). Task outputs go under workdir/kfp/<run>/<task>/.
@@ -338,12 +379,12 @@ def run_local(
         workspace_root=str(workdir / "kfp-workspace"),
         enable_caching=enable_caching,
     )
-    args = pipeline_arguments(params, pipeline, None, data_uris)
+    args = pipeline_arguments(params, pipeline, None, data_uris, tasks_uri)
     if "registry" in args:
         args["registry"] = str(workdir / (registry or params.promote.registry))
     with warnings.catch_warnings():
         # the factory image has Python; kfp.local only guesses from the image's name
         warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
         warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")  # resources
-        task = build_pipelines(params)[pipeline](**args)
+        task = build_pipelines(params, prepared_tasks=tasks_uri is not None)[pipeline](**args)
     return {name: artifact.path for name, artifact in task.outputs.items()}

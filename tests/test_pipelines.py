@@ -431,8 +431,12 @@ def test_generate_shards_gathered_equal_run_byte_for_byte(tmp_path: Path, num_ta
     assert sorted(covered) == list(range(num_tasks))
     gathered = generate.gather(params, dirs[::-1], tmp_path / "gathered")
     assert gathered == direct  # same manifest: rows, files, dataset_sha256, lineage
-    names = sorted(p.name for p in (tmp_path / "direct").iterdir())
-    assert names == sorted(p.name for p in (tmp_path / "gathered").iterdir())
+    # every file, the image store's (images/) included, is byte-identical
+    names = sorted(str(p.relative_to(tmp_path / "direct")) for p in (tmp_path / "direct").rglob("*") if p.is_file())
+    assert "images/manifest.json" in names
+    assert names == sorted(
+        str(p.relative_to(tmp_path / "gathered")) for p in (tmp_path / "gathered").rglob("*") if p.is_file()
+    )
     match, mismatch, errors = filecmp.cmpfiles(tmp_path / "direct", tmp_path / "gathered", names, shallow=False)
     assert match == names and not mismatch and not errors
 
@@ -748,6 +752,23 @@ def test_kfp_local_data_pipeline_matches_in_process(tmp_path: Path, monkeypatch:
 
 
 @pytest.mark.slow
+def test_kfp_local_data_pipeline_generates_from_prepared_tasks(tmp_path: Path) -> None:
+    """The data pipeline compiled with prepared tasks, under kfp.local with `tasks_uri` a prepared folder: each
+    generation shard reads it, and the gathered trajectories are those of `generate --tasks` run in process."""
+    from editthinker import prepare
+    from pipelines.factory import run_local
+
+    params = parse_params({"sources": [{"name": "world", "kind": "synthetic", "num_tasks": 6}],
+                           "generate": {"num_tasks": 6, "max_turns": 2, "shards": 2, "unit_tasks": 2}})  # fmt: skip
+    prepare.run(params, tmp_path / "prepared")
+    out = run_local(params, tmp_path / "kfp", pipeline="data", tasks_uri=str(tmp_path / "prepared"))
+    direct = generate.run(params, tmp_path / "direct", tasks=tmp_path / "prepared")
+    via_kfp = json.loads((Path(out["trajectories"]) / "manifest.json").read_text())
+    assert via_kfp["dataset_sha256"] == direct["dataset_sha256"] and via_kfp["rows"] == direct["rows"] > 0
+    assert via_kfp["lineage"] == direct["lineage"]  # the prepared tasks are named in the lineage
+
+
+@pytest.mark.slow
 def test_kfp_local_factory_promotes_only_when_the_challenger_wins(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -818,3 +839,38 @@ def test_benchmark_steps_run_beside_evaluate_and_feed_the_gate(tmp_path: Path) -
     assert "benchmark_results" not in flat_tasks(plain)["challenge"]["inputs"].get("artifacts", {})
     with pytest.raises(ValueError, match="no step to gate on"):
         build_pipelines(parse_params({"benchmarks": {"gate": gate}}))
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_generate_reads_prepared_tasks_when_compiled_with_them(tmp_path: Path, shards: int) -> None:
+    """Compiled with prepared_tasks, the data and factory pipelines take `tasks_uri`, import it as a Dataset and
+    hand it to generate (to every shard of the fan-out); without it they take no such argument."""
+    params = parse_params({"generate": {"shards": shards}})
+    generate_task = "generate-shard" if shards > 1 else "generate"
+    for prepared in (True, False):
+        paths = compile_all(tmp_path / str(prepared), params, prepared_tasks=prepared)
+        for name in ("data", "factory"):
+            _, spec, _ = load(paths[name])
+            tasks = flat_tasks(spec)
+            inputs = spec["root"]["inputDefinitions"]["parameters"]
+            given = tasks[generate_task]["inputs"].get("artifacts", {})
+            if not prepared:
+                assert "tasks_uri" not in inputs and "tasks" not in given, name
+                continue
+            assert inputs["tasks_uri"]["parameterType"] == "STRING", name
+            importers = [t for t in tasks if t.startswith("importer")]
+            assert len(importers) == 1, name
+            uri = tasks[importers[0]]["inputs"]["parameters"]["uri"]["componentInputParameter"]
+            assert uri == "tasks_uri", name
+            if shards == 1:
+                assert given["tasks"]["taskOutputArtifact"]["producerTask"] == importers[0], name
+            else:  # inside the ParallelFor: from the loop's input, which the importer's output feeds
+                channel = given["tasks"]["componentInputArtifact"]
+                loop = parents(spec)[generate_task]
+                assert loop["inputs"]["artifacts"][channel]["taskOutputArtifact"]["producerTask"] == importers[0], name
+            assert pipeline_arguments(params, name, "r", tasks_uri="s3://b/prepared")["tasks_uri"] == "s3://b/prepared"
+        train = load(paths["train"])[1]
+        assert "tasks_uri" not in train["root"]["inputDefinitions"]["parameters"]
+    with pytest.raises(ValueError, match="does not generate"):
+        pipeline_arguments(params, "train", "r", {"sft_data_uri": "a", "rl_data_uri": "b",
+                                                 "trajectories_uri": "c"}, tasks_uri="s3://b/prepared")  # fmt: skip
