@@ -6,7 +6,9 @@
    the same for another checkout's src/ and the ratio;
 3. API throughput: expert calls/s and public-benchmark items/s at concurrency 1 and 16 against a 50 ms stub;
 4. the demo (`editthinker run`) in a scratch copy: wall time and peak RSS per stage, SFT and RL steps/s;
-5. a no-op `dvc repro` over the demo's outputs (after `dvc commit` records them).
+5. a no-op `dvc repro` over the demo's outputs (after `dvc commit` records them);
+6. generation at real image size (1024 px photos, prepared tasks, 1,000 and 10,000 tasks or what fits): peak RSS
+   of both runs, bytes on disk per trajectory, stored image bytes vs the unique images' (bench/real_images.py).
 Numbers only; no pass/fail. Targets are in README.md. `--quick` runs every part at a tiny size (a smoke run that
 CI makes, so the script cannot rot); its figures mean nothing.
 """
@@ -242,6 +244,7 @@ def main() -> None:
     ap.add_argument("--skip-demo", action="store_true")
     ap.add_argument("--skip-overhead", action="store_true", help="skip the loop's per-turn overhead figures")
     ap.add_argument("--skip-api", action="store_true", help="skip the expert API throughput figures")
+    ap.add_argument("--skip-images", action="store_true", help="skip generation at real image size")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="editthinker-bench-") as tmp:
         work = Path(tmp)
@@ -263,6 +266,14 @@ def main() -> None:
         if not args.skip_demo:
             demo = bench_demo(work, params_path)
             bench_dvc_noop(demo)
+        if not args.skip_images:
+            bench_real_images(args.quick)
+
+
+def bench_real_images(quick: bool) -> None:
+    """Generation from prepared 1024 px tasks at two sizes (bench/real_images.py, in its own processes)."""
+    print("generation at real image size (bench/real_images.py):", flush=True)
+    subprocess.run([sys.executable, str(ROOT / "bench/real_images.py"), *(["--quick"] if quick else [])], check=True)
 
 
 if __name__ == "__main__":
