@@ -277,7 +277,7 @@ def test_kill_9_of_an_sft_process_then_a_rerun_resumes_to_the_same_weights(data,
     params = Params.model_validate(overlay)
     out = tmp_path / "models" / "sft"
     cmd = [sys.executable, "-m", "editthinker.cli", "sft", "--params", str(tmp_path / "overlay.yaml"),
-           "--data", str(data / "sft"), "--out", str(out)]  # fmt: skip
+           "--data", str(data / "sft"), "--images", str(data / "sft" / "images"), "--out", str(out)]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("EDITTHINKER_CHECKPOINT_ROOT", None)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
