@@ -347,13 +347,14 @@ def test_great_expectations_agrees_on_the_broken_datasets(broken: dict[str, Any]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             result = vdef.run(batch_parameters={"dataframe": frame}, result_format=fmt)
-        by_ge = {
-            (r.expectation_config.type, str(r.expectation_config.kwargs.get("column",
-                                                                         r.expectation_config.kwargs.get("column_list")))):
-            sorted(str({c: validate._jsonable(ix[c]) for c in id_cols}) for ix in r.result["unexpected_index_list"])
-            for r in result.results
-            if not r.success
-        }  # fmt: skip
+        by_ge = {}
+        for r in result.results:
+            if not r.success:
+                kw = r.expectation_config.kwargs
+                rows = [{c: validate._jsonable(ix[c]) for c in id_cols} for ix in r.result["unexpected_index_list"]]
+                by_ge[(r.expectation_config.type, str(kw.get("column", kw.get("column_list"))))] = sorted(
+                    map(str, rows)
+                )
         ours = {
             (f["expectation"], str(f["column"])): sorted(str(r) for r in f["rows"])
             for f in _failures(broken["report"], name)
