@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from editthinker.protocol import Verdict, same_instruction
-from editthinker.roles import Editor, EditRequest, Judge, JudgeScore, Thinker, ThinkRequest
+from editthinker.roles import Editor, EditRequest, Judge, JudgeScore, ScoreRequest, Thinker, ThinkRequest
 
 STOP_SATISFIED, STOP_UNCHANGED, STOP_MAX_TURNS = "satisfied", "unchanged", "max_turns"
 
@@ -52,11 +52,18 @@ class Episode:
 
 
 def _edit_all(editor: Editor, judge: Judge | None, items: list[tuple[Episode, str]], turn: int) -> None:
+    """Edit every item, then score the whole batch of edits in one judge call (an API judge runs it concurrently)."""
     images = editor.edit([EditRequest(e.start.source_png, instr, e.start.seed) for e, instr in items])
-    for (e, instr), png in zip(items, images, strict=True):
-        score = None
-        if judge is not None:
-            score = judge.score(e.start.source_png, png, e.start.instruction, e.start.reference)
+    scores: list[JudgeScore | None] = [None] * len(items)
+    if judge is not None:
+        requests = [
+            ScoreRequest(e.start.source_png, png, e.start.instruction, e.start.reference)
+            for (e, _), png in zip(items, images, strict=True)
+        ]
+        scores = list(judge.score_many(requests))
+        if len(scores) != len(items):
+            raise RuntimeError(f"judge {judge.name}: {len(scores)} scores for {len(items)} edits")
+    for (e, instr), png, score in zip(items, images, scores, strict=True):
         e.turns.append(Turn(turn, instr, png, score))
 
 
