@@ -215,6 +215,40 @@ def bench_expert_api(calls: int, latency_s: float = 0.05) -> None:
         server.wait(timeout=10)
 
 
+def bench_generate_api(work: Path, params: Params, tasks: int, latency_s: float = 0.05) -> None:
+    """A whole generate run (synthetic editors) with the API expert and the API judge against a local stub server
+    (its own process, tests/openai_stub.py --roles: answers by role, by a hash of the request) that answers after
+    `latency_s`, at concurrency 1 and 16: both wall times and the ratio (target: >= 8x). Cache off. The two
+    datasets must be the same: concurrency never changes the data."""
+    os.environ.setdefault("EDITTHINKER_BENCH_KEY", "bench-key")
+    stub = ROOT / "tests" / "openai_stub.py"
+    cmd = [sys.executable, str(stub), "--roles", "--delay-s", str(latency_s), "--max-s", "900"]
+    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        base_url = server.stdout.readline().strip()
+        walls: dict[int, float] = {}
+        hashes: dict[int, str] = {}
+        calls: dict[int, int] = {}
+        for conc in (1, 16):
+            api = {"kind": "openai", "base_url": base_url, "model": "stub", "cache_dir": "", "concurrency": conc,
+                   "api_key_env": "EDITTHINKER_BENCH_KEY"}  # fmt: skip
+            data = params.model_dump(mode="json")
+            data.update(expert=api, judge=api, generate={**data["generate"], "num_tasks": tasks, "shards": 1})
+            t0 = time.perf_counter()
+            manifest = generate.run(parse_params(data, "bench params"), work / f"gen-api-{conc}")
+            walls[conc] = time.perf_counter() - t0
+            hashes[conc] = manifest["dataset_sha256"]
+            calls[conc] = int(sum(u.get("calls", 0) for u in manifest.get("api_usage", {}).values()))
+            note = f"({tasks} trajectories, {manifest['rows']} turns, {calls[conc]} calls of {latency_s * 1000:.0f} ms)"
+            line(f"generate with API expert + judge, concurrency {conc}", walls[conc], "s", note)
+        same = "same dataset" if hashes[1] == hashes[16] else "DATASETS DIFFER"
+        line("generate API speed-up, concurrency 16 over 1", walls[1] / walls[16], "x", f"(target >= 8x; {same})")
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
 def quick_params(work: Path, params_path: Path) -> Path:
     """params.yaml with QUICK's sizes, for the smoke run."""
     data = yaml.safe_load(params_path.read_text())
@@ -238,6 +272,7 @@ def main() -> None:
         help="src/ of another checkout (e.g. a worktree of main): its data path runs too, for the ratio",
     )
     ap.add_argument("--api-calls", type=int, default=96)
+    ap.add_argument("--gen-api-tasks", type=int, default=256, help="tasks of the generate run with API roles")
     ap.add_argument("--quick", action="store_true", help="every part at a tiny size: a smoke run, not figures")
     ap.add_argument("--skip-demo", action="store_true")
     ap.add_argument("--skip-overhead", action="store_true", help="skip the loop's per-turn overhead figures")
@@ -247,12 +282,13 @@ def main() -> None:
         work = Path(tmp)
         params_path = quick_params(work, args.params) if args.quick else args.params
         if args.quick:
-            args.gen_tasks, args.rows, args.api_calls = 24, 2_000, 16
+            args.gen_tasks, args.rows, args.api_calls, args.gen_api_tasks = 24, 2_000, 16, 16
         params = load_params(params_path)
         seed_data = bench_generate(work, params, args.gen_tasks)
         bench_data_path(work, params_path, seed_data, args.rows, args.baseline_src)
         if not args.skip_api:
             bench_expert_api(args.api_calls)
+            bench_generate_api(work, params, args.gen_api_tasks)
             print("public benchmark run + score, 50 ms stub judge (bench/benchmark_throughput.py):", flush=True)
             size = ["--items", "16"] if args.quick else []
             subprocess.run([sys.executable, str(ROOT / "bench/benchmark_throughput.py"), *size], check=True)

@@ -159,25 +159,25 @@ def _unit_rows(params: Params, roles: _Roles, unit: range) -> list[dict[str, Any
     names = list(roles.editors)
     tasks = make_tasks(g.seed, unit, w.min_shapes, w.max_shapes, w.styles)
     rows: list[dict[str, Any]] = []
-    for name in names:
-        # split across editors
-        mine = [(i, tasks[i]) for i in unit if i % len(names) == names.index(name)]
-        for k in range(0, len(mine), CHUNK):
-            chunk = mine[k : k + CHUNK]
-            starts = [
-                EpisodeStart(t.task_id, render_png(t.source, w.image_size), t.instruction, i, t.target.to_json())
-                for i, t in chunk
-            ]
-            try:
-                episodes = run_episodes(starts, roles.editors[name], roles.expert, roles.judge, g.max_turns)
-            except OpenAICallError as exc:
-                raise GenerationFailed(
-                    f"generate: the chunk of editor {name!r}, tasks {chunk[0][1].task_id}..{chunk[-1][1].task_id}, "
-                    f"failed and its unit was not written (a rerun repeats it; answered calls come from the "
-                    f"request cache): {exc}"
-                ) from exc
-            for (_, t), e in zip(chunk, episodes, strict=True):
-                rows.extend(trajectory_rows(t, name, e))
+    # split across editors; one lockstep chunk spans them all (each editor is called with its own episodes, up to
+    # CHUNK), so the expert's and the judge's batches, and their concurrency, cover every editor's episodes
+    mine = [(i, tasks[i], names[i % len(names)]) for i in unit]
+    for k in range(0, len(mine), CHUNK * len(names)):
+        chunk = mine[k : k + CHUNK * len(names)]
+        starts = [
+            EpisodeStart(t.task_id, render_png(t.source, w.image_size), t.instruction, i, t.target.to_json(), name)
+            for i, t, name in chunk
+        ]
+        try:
+            episodes = run_episodes(starts, roles.editors, roles.expert, roles.judge, g.max_turns)
+        except OpenAICallError as exc:
+            raise GenerationFailed(
+                f"generate: the chunk of editors {names}, tasks {chunk[0][1].task_id}..{chunk[-1][1].task_id}, "
+                f"failed and its unit was not written (a rerun repeats it; answered calls come from the "
+                f"request cache): {exc}"
+            ) from exc
+        for (_, t, name), e in zip(chunk, episodes, strict=True):
+            rows.extend(trajectory_rows(t, name, e))
     rows.sort(key=_row_key)
     return rows
 
