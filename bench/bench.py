@@ -3,8 +3,10 @@
 1. generation throughput (trajectories/s), in-process;
 2. filter + split + validate throughput (rows/s, step samples/s) and peak RSS per stage (each in its own process)
    on >= 1,000,000 trajectory rows (real generated trajectories replicated under new ids); with --baseline-src,
-   the same for another checkout's src/ and the ratio;
-3. API throughput: expert calls/s and public-benchmark items/s at concurrency 1 and 16 against a 50 ms stub;
+   the same for another checkout's src/ and the ratios (per stage: wall time, peak RSS); the peak RSS at a quarter
+   of the rows (memory flat in row count);
+3. API throughput: expert calls/s and public-benchmark items/s at concurrency 1 and 16 against a 50 ms stub, and a
+   whole generate run with the API expert and judge at concurrency 1 and 16 (its wall times and their ratio);
 4. the demo (`editthinker run`) in a scratch copy: wall time and peak RSS per stage, SFT and RL steps/s;
 5. a no-op `dvc repro` over the demo's outputs (after `dvc commit` records them).
 Numbers only; no pass/fail. Targets are in README.md. `--quick` runs every part at a tiny size (a smoke run that
@@ -109,8 +111,10 @@ def run_stage(src: Path, params_path: Path, stage: str, work: Path) -> dict:
 
 def bench_data_path(work: Path, params_path: Path, seed_data: Path, rows_target: int, baseline: Path | None) -> None:
     """filter, split and validate over >= rows_target trajectory rows, each stage in its own process (peak RSS
-    per stage). With `baseline` (the src/ folder of another checkout, e.g. a worktree of main), the same stages
-    of that implementation run on the same data afterwards, and the ratio is printed."""
+    per stage; target: under 20 s together). With `baseline` (the src/ folder of another checkout, e.g. a worktree
+    of main), the same stages of that implementation run on the same data afterwards, and the ratios (wall time
+    and peak RSS, per stage and together) are printed. Memory flat in row count: this implementation's stages
+    run again on a quarter of the rows, and the peak RSS ratio of each stage (all rows over a quarter) is printed."""
     rows = replicate(seed_data, work / "big", rows_target)
     results: dict[str, dict[str, dict]] = {}
     for label, src in (("this", ROOT / "src"), ("baseline", baseline)):
@@ -119,6 +123,10 @@ def bench_data_path(work: Path, params_path: Path, seed_data: Path, rows_target:
         for d in ("filt", "sft", "rl", "report"):
             shutil.rmtree(work / d, ignore_errors=True)
         results[label] = {stage: run_stage(src, params_path, stage, work) for stage in ("filter", "split", "validate")}
+    quarter = work / "quarter"
+    quarter_rows = replicate(seed_data, quarter / "big", rows_target // 4)
+    small = {stage: run_stage(ROOT / "src", params_path, stage, quarter) for stage in ("filter", "split", "validate")}
+    shutil.rmtree(quarter)
     for label, stages in results.items():
         total = sum(s["wall_s"] for s in stages.values())
         samples = stages["split"]["rows_out"]
@@ -128,8 +136,19 @@ def bench_data_path(work: Path, params_path: Path, seed_data: Path, rows_target:
         line(f"{label} filter+split+validate: trajectory rows/s", rows / total, "rows/s", note)
         line(f"{label} filter+split+validate: step samples/s", samples / total, "samples/s")
     if "baseline" in results:
+        for stage, s in results["this"].items():
+            b = results["baseline"][stage]
+            note = f"(baseline {b['wall_s']:.1f} s, {b['peak_rss_mib']:.0f} MiB; peak RSS / baseline's: "
+            line(f"  {stage} speed-up over the baseline", b["wall_s"] / s["wall_s"], "x",
+                 note + f"{s['peak_rss_mib'] / b['peak_rss_mib']:.2f})")  # fmt: skip
         this, base = (sum(s["wall_s"] for s in results[k].values()) for k in ("this", "baseline"))
         line("data path speed-up over the baseline", base / this, "x", f"(baseline {base:.1f} s, this {this:.1f} s)")
+    total = sum(s["wall_s"] for s in results["this"].values())
+    line("this filter+split+validate: wall", total, "s", f"(target < 20 s; {rows} trajectory rows)")
+    for stage, s in results["this"].items():
+        ratio = s["peak_rss_mib"] / small[stage]["peak_rss_mib"]
+        note = f"({s['peak_rss_mib']:.0f} MiB at {rows} rows, {small[stage]['peak_rss_mib']:.0f} MiB at {quarter_rows})"
+        line(f"  {stage}: peak RSS, all rows / a quarter", ratio, "x", note)
 
 
 def bench_demo(work: Path, params_path: Path) -> Path:
@@ -276,7 +295,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="every part at a tiny size: a smoke run, not figures")
     ap.add_argument("--skip-demo", action="store_true")
     ap.add_argument("--skip-overhead", action="store_true", help="skip the loop's per-turn overhead figures")
-    ap.add_argument("--skip-api", action="store_true", help="skip the expert API throughput figures")
+    ap.add_argument("--skip-api", action="store_true", help="skip the API throughput figures (expert, generate)")
+    ap.add_argument("--skip-data-path", action="store_true", help="skip the filter + split + validate figures")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="editthinker-bench-") as tmp:
         work = Path(tmp)
@@ -285,7 +305,8 @@ def main() -> None:
             args.gen_tasks, args.rows, args.api_calls, args.gen_api_tasks = 24, 2_000, 16, 16
         params = load_params(params_path)
         seed_data = bench_generate(work, params, args.gen_tasks)
-        bench_data_path(work, params_path, seed_data, args.rows, args.baseline_src)
+        if not args.skip_data_path:
+            bench_data_path(work, params_path, seed_data, args.rows, args.baseline_src)
         if not args.skip_api:
             bench_expert_api(args.api_calls)
             bench_generate_api(work, params, args.gen_api_tasks)
