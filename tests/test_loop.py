@@ -131,3 +131,24 @@ def test_the_judge_scores_each_turn_in_one_batch_in_order():
 def test_a_judge_failure_raises_and_is_no_format_failure():
     with pytest.raises(RuntimeError, match="judge down"):
         run_episodes([start("a")], RecordingEditor(), None, FailingJudge(), max_turns=1)
+
+
+def test_one_lockstep_batch_over_several_editors():
+    """With a mapping of editors each episode goes to its own editor, one call per editor per turn, while the
+    thinker and the judge see the whole batch; the episodes are those of one editor at a time."""
+    script = {"a": [ans("a2")], "b": [ans("b2")], "c": [ans("c", sem=9, q=9)]}
+    thinker = ScriptedThinker({k: list(v) for k, v in script.items()})
+    editors = {"p": RecordingEditor("p"), "q": RecordingEditor("q")}
+    judge = BatchJudge()
+    starts = [EpisodeStart(i, b"src", i, 0, editor=ed) for i, ed in (("a", "p"), ("b", "q"), ("c", "p"))]
+    eds = run_episodes(starts, editors, thinker, judge, max_turns=2)
+    assert [c.instruction for c in editors["p"].calls] == ["a", "c", "a2"]
+    assert [c.instruction for c in editors["q"].calls] == ["b", "b2"]
+    assert [len(b) for b in judge.batches] == [3, 2] and len(thinker.seen) == 3
+    alone = [run_episodes([s], editors[s.editor], ScriptedThinker({s.instruction: list(script[s.instruction])}),
+                          BatchJudge(), max_turns=2)[0] for s in starts]  # fmt: skip
+    assert [[(t.instruction, t.image_png, t.score) for t in e.turns] for e in eds] == [
+        [(t.instruction, t.image_png, t.score) for t in e.turns] for e in alone
+    ]
+    with pytest.raises(KeyError, match="editor 'z'"):
+        run_episodes([EpisodeStart("x", b"src", "x", 0, editor="z")], editors, None, None, max_turns=1)
