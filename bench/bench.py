@@ -3,8 +3,10 @@
 1. generation throughput (trajectories/s), in-process;
 2. filter + split + validate throughput (rows/s, step samples/s) and peak RSS per stage (each in its own process)
    on >= 1,000,000 trajectory rows (real generated trajectories replicated under new ids); with --baseline-src,
-   the same for another checkout's src/ and the ratio;
-3. API throughput: expert calls/s and public-benchmark items/s at concurrency 1 and 16 against a 50 ms stub;
+   the same for another checkout's src/ and the ratios (per stage: wall time, peak RSS); the peak RSS at a quarter
+   of the rows (memory flat in row count);
+3. API throughput: expert calls/s and public-benchmark items/s at concurrency 1 and 16 against a 50 ms stub, and a
+   whole generate run with the API expert and judge at concurrency 1 and 16 (its wall times and their ratio);
 4. the demo (`editthinker run`) in a scratch copy: wall time and peak RSS per stage, SFT and RL steps/s;
 5. a no-op `dvc repro` over the demo's outputs (after `dvc commit` records them);
 6. generation at real image size (1024 px photos, prepared tasks, 1,000 and 10,000 tasks or what fits): peak RSS
@@ -41,6 +43,12 @@ QUICK = {
 }
 
 
+# filter + split + validate before validate streamed and before rows referred to images by hash (README's figures,
+# 1,000,000 trajectory rows with PNG bytes in them, a loaded 2-core
+# machine): wall s, peak RSS MiB per stage; the ratio to them is printed when no --baseline-src runs on this machine
+RECORDED_DATA_PATH = {"filter": (17.0, 464.0), "split": (48.9, 1013.0), "validate": (66.6, 3380.0)}
+
+
 def line(name: str, value: float, unit: str, note: str = "") -> None:
     print(f"{name:<44} {value:>12.2f} {unit:<14} {note}", flush=True)
 
@@ -64,7 +72,7 @@ import json, resource, sys, time
 from pathlib import Path
 from editthinker.config import load_params
 from editthinker.stages import filter as filter_stage, split, validate
-params_path, stage, work = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+params_path, stage, work, images = sys.argv[1], sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4])
 params = load_params(Path(params_path))
 t0 = time.perf_counter()
 if stage == "filter":
@@ -73,7 +81,7 @@ elif stage == "split":
     parts = split.run(params, work / "filt", work / "sft", work / "rl")
     out = parts["sft"]["rows"] + parts["rl"]["rows"]
 else:
-    report = validate.run(params, work / "big", work / "sft", work / "rl", work / "report")
+    report = validate.run(params, work / "big", work / "sft", work / "rl", work / "report", images)
     out = report["datasets"]["trajectories"]["rows"]
 wall = time.perf_counter() - t0
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -83,9 +91,12 @@ print(json.dumps({"wall_s": wall, "rows_out": out, "peak_rss_mib": peak}))
 
 def replicate(seed_data: Path, out: Path, rows_target: int) -> int:
     """A trajectory dataset of >= rows_target rows: the generated trajectories again and again under new ids
-    (built in Arrow, a shard of 20,000 rows at a time)."""
+    (built in Arrow, a shard of 20,000 rows at a time), referring to the generated images (the seed's image store,
+    `seed_data/images`, which its manifest names)."""
     import pyarrow as pa
     import pyarrow.compute as pc
+
+    from editthinker.images import carried_ref
 
     base = pa.concat_tables(list(iter_tables(seed_data)))
     copies = -(-rows_target // len(base))
@@ -98,21 +109,28 @@ def replicate(seed_data: Path, out: Path, rows_target: int) -> int:
                 t = t.set_column(t.schema.get_field_index(col), col, renamed)
             yield t
 
-    return write_tables(out, tables(), TRAJECTORY_SCHEMA, 20_000, {"lineage": {"models": {}}})["rows"]
+    extra = {"lineage": {"models": {}}, "images": carried_ref(seed_data)}
+    return write_tables(out, tables(), TRAJECTORY_SCHEMA, 20_000, extra)["rows"]
 
 
-def run_stage(src: Path, params_path: Path, stage: str, work: Path) -> dict:
-    """One data stage in a fresh interpreter whose `editthinker` comes from `src`: wall time and peak RSS."""
+def run_stage(src: Path, params_path: Path, stage: str, work: Path, images: Path) -> dict:
+    """One data stage in a fresh interpreter whose `editthinker` comes from `src` (validate's image store:
+    `images`): wall time and peak RSS."""
     env = {**os.environ, "PYTHONPATH": str(src)}
-    cmd = [sys.executable, "-c", _STAGE_SCRIPT, str(params_path), stage, str(work)]
+    cmd = [sys.executable, "-c", _STAGE_SCRIPT, str(params_path), stage, str(work), str(images)]
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
 def bench_data_path(work: Path, params_path: Path, seed_data: Path, rows_target: int, baseline: Path | None) -> None:
     """filter, split and validate over >= rows_target trajectory rows, each stage in its own process (peak RSS
-    per stage). With `baseline` (the src/ folder of another checkout, e.g. a worktree of main), the same stages
-    of that implementation run on the same data afterwards, and the ratio is printed."""
+    per stage; target: under 20 s together). With `baseline` (the src/ folder of another checkout, e.g. a worktree
+    of main), the same stages of that implementation run on the same data afterwards, and the ratios (wall time
+    and peak RSS, per stage and together) are printed; the baseline must read this data layout (rows referring to
+    images by sha256, validate taking the image store). Memory flat in row count: this implementation's stages
+    run again on a quarter of the rows, and the peak RSS ratio of each stage (all rows over a quarter) is printed.
+    The replicated rows refer to the generated images, so the image store stays the generated run's."""
+    images = seed_data / "images"
     rows = replicate(seed_data, work / "big", rows_target)
     results: dict[str, dict[str, dict]] = {}
     for label, src in (("this", ROOT / "src"), ("baseline", baseline)):
@@ -120,7 +138,11 @@ def bench_data_path(work: Path, params_path: Path, seed_data: Path, rows_target:
             continue
         for d in ("filt", "sft", "rl", "report"):
             shutil.rmtree(work / d, ignore_errors=True)
-        results[label] = {stage: run_stage(src, params_path, stage, work) for stage in ("filter", "split", "validate")}
+        results[label] = {s: run_stage(src, params_path, s, work, images) for s in ("filter", "split", "validate")}
+    quarter = work / "quarter"
+    quarter_rows = replicate(seed_data, quarter / "big", rows_target // 4)
+    small = {s: run_stage(ROOT / "src", params_path, s, quarter, images) for s in ("filter", "split", "validate")}
+    shutil.rmtree(quarter)
     for label, stages in results.items():
         total = sum(s["wall_s"] for s in stages.values())
         samples = stages["split"]["rows_out"]
@@ -130,8 +152,24 @@ def bench_data_path(work: Path, params_path: Path, seed_data: Path, rows_target:
         line(f"{label} filter+split+validate: trajectory rows/s", rows / total, "rows/s", note)
         line(f"{label} filter+split+validate: step samples/s", samples / total, "samples/s")
     if "baseline" in results:
+        for stage, s in results["this"].items():
+            b = results["baseline"][stage]
+            note = f"(baseline {b['wall_s']:.1f} s, {b['peak_rss_mib']:.0f} MiB; peak RSS / baseline's: "
+            line(f"  {stage} speed-up over the baseline", b["wall_s"] / s["wall_s"], "x",
+                 note + f"{s['peak_rss_mib'] / b['peak_rss_mib']:.2f})")  # fmt: skip
         this, base = (sum(s["wall_s"] for s in results[k].values()) for k in ("this", "baseline"))
         line("data path speed-up over the baseline", base / this, "x", f"(baseline {base:.1f} s, this {this:.1f} s)")
+    else:
+        for stage, s in results["this"].items():
+            wall, rss = RECORDED_DATA_PATH[stage]
+            note = f"(recorded {wall:.1f} s, {rss:.0f} MiB; peak RSS / recorded: {s['peak_rss_mib'] / rss:.2f})"
+            line(f"  {stage} speed-up over the recorded figures", wall / s["wall_s"], "x", note)
+    total = sum(s["wall_s"] for s in results["this"].values())
+    line("this filter+split+validate: wall", total, "s", f"(target < 20 s; {rows} trajectory rows)")
+    for stage, s in results["this"].items():
+        ratio = s["peak_rss_mib"] / small[stage]["peak_rss_mib"]
+        note = f"({s['peak_rss_mib']:.0f} MiB at {rows} rows, {small[stage]['peak_rss_mib']:.0f} MiB at {quarter_rows})"
+        line(f"  {stage}: peak RSS, all rows / a quarter", ratio, "x", note)
 
 
 def bench_demo(work: Path, params_path: Path) -> Path:
@@ -217,6 +255,40 @@ def bench_expert_api(calls: int, latency_s: float = 0.05) -> None:
         server.wait(timeout=10)
 
 
+def bench_generate_api(work: Path, params: Params, tasks: int, latency_s: float = 0.05) -> None:
+    """A whole generate run (synthetic editors) with the API expert and the API judge against a local stub server
+    (its own process, tests/openai_stub.py --roles: answers by role, by a hash of the request) that answers after
+    `latency_s`, at concurrency 1 and 16: both wall times and the ratio (target: >= 8x). Cache off. The two
+    datasets must be the same: concurrency never changes the data."""
+    os.environ.setdefault("EDITTHINKER_BENCH_KEY", "bench-key")
+    stub = ROOT / "tests" / "openai_stub.py"
+    cmd = [sys.executable, str(stub), "--roles", "--delay-s", str(latency_s), "--max-s", "900"]
+    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        base_url = server.stdout.readline().strip()
+        walls: dict[int, float] = {}
+        hashes: dict[int, str] = {}
+        calls: dict[int, int] = {}
+        for conc in (1, 16):
+            api = {"kind": "openai", "base_url": base_url, "model": "stub", "cache_dir": "", "concurrency": conc,
+                   "api_key_env": "EDITTHINKER_BENCH_KEY"}  # fmt: skip
+            data = params.model_dump(mode="json")
+            data.update(expert=api, judge=api, generate={**data["generate"], "num_tasks": tasks, "shards": 1})
+            t0 = time.perf_counter()
+            manifest = generate.run(parse_params(data, "bench params"), work / f"gen-api-{conc}")
+            walls[conc] = time.perf_counter() - t0
+            hashes[conc] = manifest["dataset_sha256"]
+            calls[conc] = int(sum(u.get("calls", 0) for u in manifest.get("api_usage", {}).values()))
+            note = f"({tasks} trajectories, {manifest['rows']} turns, {calls[conc]} calls of {latency_s * 1000:.0f} ms)"
+            line(f"generate with API expert + judge, concurrency {conc}", walls[conc], "s", note)
+        same = "same dataset" if hashes[1] == hashes[16] else "DATASETS DIFFER"
+        line("generate API speed-up, concurrency 16 over 1", walls[1] / walls[16], "x", f"(target >= 8x; {same})")
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
 def quick_params(work: Path, params_path: Path) -> Path:
     """params.yaml with QUICK's sizes, for the smoke run."""
     data = yaml.safe_load(params_path.read_text())
@@ -240,22 +312,26 @@ def main() -> None:
         help="src/ of another checkout (e.g. a worktree of main): its data path runs too, for the ratio",
     )
     ap.add_argument("--api-calls", type=int, default=96)
+    ap.add_argument("--gen-api-tasks", type=int, default=256, help="tasks of the generate run with API roles")
     ap.add_argument("--quick", action="store_true", help="every part at a tiny size: a smoke run, not figures")
     ap.add_argument("--skip-demo", action="store_true")
     ap.add_argument("--skip-overhead", action="store_true", help="skip the loop's per-turn overhead figures")
-    ap.add_argument("--skip-api", action="store_true", help="skip the expert API throughput figures")
+    ap.add_argument("--skip-api", action="store_true", help="skip the API throughput figures (expert, generate)")
+    ap.add_argument("--skip-data-path", action="store_true", help="skip the filter + split + validate figures")
     ap.add_argument("--skip-images", action="store_true", help="skip generation at real image size")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="editthinker-bench-") as tmp:
         work = Path(tmp)
         params_path = quick_params(work, args.params) if args.quick else args.params
         if args.quick:
-            args.gen_tasks, args.rows, args.api_calls = 24, 2_000, 16
+            args.gen_tasks, args.rows, args.api_calls, args.gen_api_tasks = 24, 2_000, 16, 16
         params = load_params(params_path)
         seed_data = bench_generate(work, params, args.gen_tasks)
-        bench_data_path(work, params_path, seed_data, args.rows, args.baseline_src)
+        if not args.skip_data_path:
+            bench_data_path(work, params_path, seed_data, args.rows, args.baseline_src)
         if not args.skip_api:
             bench_expert_api(args.api_calls)
+            bench_generate_api(work, params, args.gen_api_tasks)
             print("public benchmark run + score, 50 ms stub judge (bench/benchmark_throughput.py):", flush=True)
             size = ["--items", "16"] if args.quick else []
             subprocess.run([sys.executable, str(ROOT / "bench/benchmark_throughput.py"), *size], check=True)

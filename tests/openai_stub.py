@@ -168,16 +168,35 @@ def completion(model: str, a: Answer) -> dict[str, Any]:
     }
 
 
+def role_answer(body: dict[str, Any]) -> Answer:
+    """An answer for the role that asks (by its structured-output schema name, as the API expert and judge send
+    it): VIEScore numbers for the judge; for the expert, a verdict that accepts the edit for about half the
+    requests and otherwise rewrites the instruction. Decided by a hash of the request, so the same requests get
+    the same answers in any order."""
+    schema = (body.get("response_format") or {}).get("json_schema", {}).get("name", "")
+    draw = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).digest()
+    if schema == "viescore":
+        a, b = draw[0] % 11, draw[1] % 11
+        scores = {"editing_success": a, "over_editing": 10, "naturalness": 10, "artifacts": max(a, b)}
+        return Answer(json.dumps({"reasoning": "stub", **scores}))
+    text = body["messages"][1]["content"][-1]["text"] if body.get("messages") else ""
+    original = text.split("\n", 1)[0].removeprefix("Original instruction: ")
+    satisfied = draw[0] % 2 == 0
+    prompt = "" if satisfied else f"{original}, exactly as said ({draw[1]})"
+    return Answer(json.dumps({"is_satisfied": satisfied, "reason": "stub", "new_rewritten_prompt": prompt}))
+
+
 def main() -> None:
-    """`python tests/openai_stub.py --delay-s 0.05`: serve the default answer in its own process (the bench),
-    print the base URL, stop on SIGTERM or after --max-s seconds."""
+    """`python tests/openai_stub.py --delay-s 0.05`: serve the default answer (`--roles`: `role_answer`) in its own
+    process (the bench), print the base URL, stop on SIGTERM or after --max-s seconds."""
     import argparse
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--delay-s", type=float, default=0.0)
     ap.add_argument("--max-s", type=float, default=600.0)
+    ap.add_argument("--roles", action="store_true", help="answer the expert and the judge by role (role_answer)")
     args = ap.parse_args()
-    with StubOpenAIServer(delay_s=args.delay_s) as srv:
+    with StubOpenAIServer(delay_s=args.delay_s, respond=role_answer if args.roles else None) as srv:
         print(srv.base_url, flush=True)
         time.sleep(args.max_s)
 

@@ -94,7 +94,9 @@ def test_a_call_failing_after_its_retries_fails_the_run_and_a_rerun_gives_the_cl
         reference = generate.run(params, tmp_path / "reference")
         shutil.rmtree(cache)
         broken["on"] = True
-        failure = rf"chunk of editor 'painter', tasks t\S+\.\.t\S+, failed .*{role} call #0 .*after up to 2 retries"
+        failure = (
+            rf"chunk of editors \['painter', 'mover'\], tasks t\S+\.\.t\S+, failed .*{role} call #\d+ .*after up to 2"
+        )
         with pytest.raises(GenerationFailed, match=failure):
             generate.run(params, tmp_path / "traj")
         assert not (tmp_path / "traj").exists()  # nothing written: no format failure, no gap

@@ -34,7 +34,7 @@ from editthinker.backends.synthetic import SyntheticEditor, SyntheticJudge
 from editthinker.config import ConfigError, ThinkerModelConfig, parse_params
 from editthinker.loop import EpisodeStart, run_episodes
 from editthinker.protocol import FormatError, format_expert_answer
-from editthinker.roles import ThinkRequest
+from editthinker.roles import ScoreRequest, ThinkRequest
 from editthinker.world.scene import render_png
 from editthinker.world.tasks import make_task
 from openai_stub import Answer, Hang, Raw, Status, StubOpenAIServer
@@ -250,6 +250,48 @@ def test_judge_unparsable_raises_naming_the_call(tmp_path):
         with pytest.raises(JudgeError, match=r"judge call #0 .*InternalServerError"):
             judge.score(png(), png(), "make it blue", None)
         judge.close()
+
+
+def test_judge_scores_a_batch_concurrently_in_order(tmp_path):
+    """score_many puts every call of the batch in flight at once (each call waits at a barrier until all four
+    have arrived: one at a time would never pass it), and gives the scores in request order."""
+    import asyncio
+
+    def answer(body):
+        text = body["messages"][1]["content"][-1]["text"]
+        n = int(text.rsplit(" ", 1)[-1])
+        return Answer(json.dumps({"reasoning": "r", "editing_success": n, "over_editing": 10, "naturalness": 9,
+                                  "artifacts": 9}))  # fmt: skip
+
+    with StubOpenAIServer(respond=answer) as srv:
+        judge = OpenAIJudge(api_cfg("judge", srv.base_url, tmp_path, concurrency=4, cache_dir=""))
+        barrier = judge.client.run_sync(_make_barrier(4))
+        inner = judge.client.acomplete
+
+        async def gathered(req):
+            await asyncio.wait_for(barrier.wait(), 20)
+            return await inner(req)
+
+        judge.client.acomplete = gathered  # type: ignore[method-assign]
+        scores = judge.score_many([ScoreRequest(png(), png((0, 0, 255)), f"make it blue {n}") for n in (3, 1, 4, 2)])
+        judge.close()
+    assert [s.semantic for s in scores] == [3.0, 1.0, 4.0, 2.0] and srv.calls == 4
+
+
+async def _make_barrier(n: int):
+    import asyncio
+
+    return asyncio.Barrier(n)
+
+
+def test_judge_batch_failure_raises_the_first_failed_call(tmp_path):
+    good = json.dumps({"reasoning": "ok", "editing_success": 9, "over_editing": 7, "naturalness": 8, "artifacts": 10})
+    with StubOpenAIServer([Answer(good), Status(500)], default=Answer(good)) as srv:
+        judge = OpenAIJudge(api_cfg("judge", srv.base_url, tmp_path, max_retries=0, concurrency=1, cache_dir=""))
+        with pytest.raises(JudgeError, match=r"judge call #1 .*InternalServerError"):
+            judge.score_many([ScoreRequest(png(), png(), f"make it blue {i}") for i in range(3)])
+        judge.close()
+    assert srv.calls == 3  # every call was awaited before the failure was raised
 
 
 def test_parse_judge_answer_is_strict():

@@ -1,4 +1,5 @@
-"""The validate stage: great-expectations suites over trajectories and step samples, failures named by row id."""
+"""The validate stage: great-expectations suites over trajectories and step samples, streamed, failures named by row
+id; images are hashes into the image store the datasets name."""
 
 from __future__ import annotations
 
@@ -286,3 +287,160 @@ def test_import_is_cheap() -> None:
     code = "import sys, editthinker.stages.validate; print('great_expectations' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ------------------------------------------------------------------------------------------- streaming
+
+
+def _comparable(report: dict) -> dict:
+    """The failures of every dataset, without the batch count."""
+    return {name: (ds["rows"], ds["failures"]) for name, ds in report["datasets"].items()}
+
+
+def test_same_report_whatever_the_batch_size(broken: dict[str, Any], tmp_path: Path) -> None:
+    root = broken["root"]
+    paths = {k: root / k for k in ("trajectories", "sft", "rl")}
+    with pytest.raises(validate.ValidationFailed) as info:
+        validate.run(PARAMS, paths["trajectories"], paths["sft"], paths["rl"], tmp_path / "report", batch_rows=1)
+    one_by_one = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert one_by_one["datasets"]["trajectories"]["counts"]["batches"] == 8  # one per row
+    assert broken["report"]["datasets"]["trajectories"]["counts"]["batches"] == 2  # one per shard
+    assert _comparable(one_by_one) == _comparable(broken["report"])
+    assert str(info.value).replace(str(tmp_path), "") == broken["message"].replace(str(root), "")
+
+
+def test_bad_rows_in_a_later_shard_and_batch_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defects in the last shard (and its last batch) are reported by id, a duplicate across shards too, while no
+    batch holds more than `batch_rows` rows."""
+    sizes: list[int] = []
+    real = validate.iter_batches
+
+    def spy(*args: Any, **kwargs: Any):
+        for names, batch in real(*args, **kwargs):
+            sizes.append(len(batch))
+            yield names, batch
+
+    monkeypatch.setattr(validate, "iter_batches", spy)
+    traj = trajectory_rows(n_tasks=6)  # 12 rows: shards of 4, batches of 3 -> 3 shards x 2 batches
+    traj[11]["semantic"] = -1.0  # traj-5 turn 2: the last row of the last shard
+    traj[11]["overall"] = 0.0
+    sft = step_rows("sft", n=7)  # shards of 3: sft-6 alone in the third shard
+    sft[6]["sample_id"] = "sft-0"  # a duplicate of a row of the first shard
+    sft[5]["target_text"] = "no tags"
+    paths = _write_all(tmp_path, traj=traj, sft=sft)
+    with pytest.raises(validate.ValidationFailed, match=r"\(trajectory_id=traj-5, turn=2\)"):
+        validate.run(PARAMS, paths["trajectories"], paths["sft"], paths["rl"], tmp_path / "report", batch_rows=3)
+    report = _report(tmp_path)
+    traj_ds = report["datasets"]["trajectories"]
+    assert traj_ds["rows"] == 12 and traj_ds["counts"]["batches"] == 6
+    by_col = _by_column(report, "trajectories")
+    assert by_col["semantic"]["rows"] == [{"trajectory_id": "traj-5", "turn": 2}]
+    assert by_col["semantic"]["unexpected_count"] == 1
+    assert by_col["semantic"]["unexpected_values"] == [{"value": -1.0, "count": 1}]
+    sft_fail = _by_column(report, "sft")
+    assert sft_fail["sample_id"]["rows"] == [{"sample_id": "sft-0"}] * 2
+    assert sft_fail["target_text_ok"]["rows"] == [{"sample_id": "sft-5"}]
+    assert report["datasets"]["rl"]["success"] is True
+    assert sizes and max(sizes) <= 3  # no batch held more than batch_rows rows ...
+    assert len(sizes) == 6 + 2 * 3 + 2  # ... and each dataset was read in several (sft twice: to name its duplicate)
+
+
+def test_an_empty_dataset_passes(tmp_path: Path) -> None:
+    paths = _write_all(tmp_path)
+    images = json.loads((paths["rl"] / "manifest.json").read_text())["images"]
+    write_dataset(paths["rl"], [], STEP_SAMPLE_SCHEMA, rows_per_shard=3, extra={"images": images})
+    report = _run(tmp_path, paths)
+    assert report["datasets"]["rl"]["success"] is True and report["datasets"]["rl"]["rows"] == 0
+
+
+def test_png_size_reads_the_header() -> None:
+    png = render_png(_task(0).source, SIZE)
+    assert validate.png_size(png) == (SIZE, SIZE)
+    assert validate.png_size(png[:20]) is None and validate.png_size(b"GIF89a" + png[6:]) is None
+
+
+def test_great_expectations_agrees_on_the_broken_datasets(broken: dict[str, Any]) -> None:
+    """The suites run by great-expectations on each whole (small) dataset fail exactly the expectations and rows
+    the streamed evaluation reports."""
+    import warnings
+
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    from editthinker.records import read_manifest, read_table
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    suites = {"trajectories": validate.trajectory_suite(PARAMS)}
+    suites |= {s: validate.step_sample_suite(PARAMS, s) for s in ("sft", "rl")}
+    for name, suite in suites.items():
+        path = broken["root"] / name
+        frame = validate.computed_frame(read_table(path), PARAMS, name, broken["root"] / "trajectories" / "images")
+        id_cols = list(validate.ID_COLUMNS[name])
+        batch = context.data_sources.add_pandas(f"{name}_source").add_dataframe_asset(name)
+        gx_suite = context.suites.add(validate.to_great_expectations(suite, int(read_manifest(path)["rows"])))
+        vdef = context.validation_definitions.add(
+            gx.ValidationDefinition(name=name, data=batch.add_batch_definition_whole_dataframe(name), suite=gx_suite)
+        )
+        fmt = {"result_format": "COMPLETE", "unexpected_index_column_names": id_cols}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = vdef.run(batch_parameters={"dataframe": frame}, result_format=fmt)
+        by_ge = {}
+        for r in result.results:
+            if not r.success:
+                kw = r.expectation_config.kwargs
+                rows = [{c: validate._jsonable(ix[c]) for c in id_cols} for ix in r.result["unexpected_index_list"]]
+                by_ge[(r.expectation_config.type, str(kw.get("column", kw.get("column_list"))))] = sorted(
+                    map(str, rows)
+                )
+        ours = {
+            (f["expectation"], str(f["column"])): sorted(str(r) for r in f["rows"])
+            for f in _failures(broken["report"], name)
+        }
+        assert ours == by_ge, name
+        assert len(result.results) == broken["report"]["datasets"][name]["counts"]["expectations"]
+
+
+def test_each_stored_image_is_decoded_once_per_run(valid: tuple[Path, dict]) -> None:
+    """The store is read once for the three datasets: every stored image decoded once, however many rows name it."""
+    from editthinker.images import ImageStore
+
+    root, result = valid
+    store = ImageStore(root / "trajectories" / "images")
+    named = 6 * 2 + 4 * 2 + 4 * 2  # image columns of the trajectory and step-sample rows
+    assert len(store) < named
+    assert result["images_checked"] == len(store)
+
+
+def test_a_stored_image_must_decode_at_its_recorded_size() -> None:
+    import io
+
+    from PIL import Image
+
+    png = render_png(_task(0).source, SIZE)
+    good = image_record(png)
+    assert validate.stored_image_ok(good)
+    assert not validate.stored_image_ok({**good, "width": SIZE // 2})  # the header disagrees with the record
+    assert not validate.stored_image_ok({**good, "bytes": png[: len(png) // 2]})  # a good header, a cut body
+    jpeg = io.BytesIO()
+    Image.new("RGB", (SIZE, 32), (200, 10, 10)).save(jpeg, format="JPEG")
+    assert validate.stored_image_ok(image_record(jpeg.getvalue()))  # another format: its header through PIL
+    assert not validate.stored_image_ok({**image_record(jpeg.getvalue()), "height": SIZE})
+
+
+def test_image_lookup_is_exact_on_every_digest_byte() -> None:
+    """Rows name images by full sha256: a hash that differs in its last byte is not in the store, a digest ending in
+    zero bytes is found."""
+    png = render_png(_task(0).source, SIZE)
+    shas = sorted(["00" * 31 + "01", "ab" * 30 + "0000", "ab" * 30 + "0001", "ff" * 32])
+
+    class Store:
+        def iter_images(self):
+            return iter([{**image_record(png), "sha256": s} for s in shas])
+
+    images = validate.StoreImages(Store())  # type: ignore[arg-type]
+    assert all(images(s) for s in shas)
+    assert not images("ab" * 30 + "0002") and not images("00" * 32) and not images("ab" * 31)
+    assert not images("zz" * 32) and not images(None) and images.decoded == len(shas)
+    assert not validate.StoreImages(None)(shas[0])  # no store: every image fails

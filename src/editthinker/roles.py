@@ -57,8 +57,23 @@ class JudgeScore:
         return (self.semantic * self.quality) ** 0.5
 
 
+@dataclass(frozen=True)
+class ScoreRequest:
+    """One edit to score: the source, the edit, the instruction and the privileged reference (the target scene,
+    which only an exact judge reads)."""
+
+    source_png: bytes
+    edited_png: bytes
+    instruction: str
+    reference: str | None = None
+
+
 class Judge(Protocol):
     name: str
     model_id: str
 
     def score(self, source_png: bytes, edited_png: bytes, instruction: str, reference: str | None) -> JudgeScore: ...
+
+    def score_many(self, requests: list[ScoreRequest]) -> list[JudgeScore]:
+        """Scores, one per request, same order (an API judge runs them concurrently); a failure raises."""
+        ...

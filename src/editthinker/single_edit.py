@@ -23,7 +23,7 @@ from editthinker.backends.factory import build_editor, build_expert, build_judge
 from editthinker.config import Params
 from editthinker.loop import Episode, EpisodeStart, run_episodes
 from editthinker.protocol import Verdict
-from editthinker.roles import Editor, EditRequest, Judge, JudgeScore, Thinker, ThinkRequest
+from editthinker.roles import Editor, EditRequest, Judge, JudgeScore, ScoreRequest, Thinker, ThinkRequest
 from editthinker.storage import atomic_dir
 
 THINKER_NONE, THINKER_EXPERT, THINKER_MODEL = "none", "expert", "model"
@@ -73,6 +73,13 @@ class _TimedJudge:
         t0 = time.perf_counter()
         try:
             return self.inner.score(source_png, edited_png, instruction, reference)
+        finally:
+            self.clock.add("judge", t0)
+
+    def score_many(self, requests: list[ScoreRequest]) -> list[JudgeScore]:
+        t0 = time.perf_counter()
+        try:
+            return self.inner.score_many(requests)
         finally:
             self.clock.add("judge", t0)
 

@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 
 from editthinker.config import JudgeConfig, OpenAIAPIConfig
 from editthinker.protocol import FormatError, Verdict, load_json_object, parse_expert_answer
-from editthinker.roles import JudgeScore, ThinkRequest
+from editthinker.roles import JudgeScore, ScoreRequest, ThinkRequest
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -488,14 +488,23 @@ class OpenAIJudge:
             f"score after {self.format_retries + 1} attempts: {error}"
         )
 
-    def score_many(self, items: list[tuple[bytes, bytes, str]]) -> list[JudgeScore]:
-        """Scores (source, edited, instruction) triples concurrently; raises the first failure."""
-        start, self._n = self._n, self._n + len(items)
+    def score_many(self, requests: list[ScoreRequest]) -> list[JudgeScore]:
+        """Scores, one per request, same order, at most `concurrency` calls in flight (the reference is not sent:
+        a VIEScore judge sees the source, the edit and the instruction). Every call is awaited before the first
+        failure, in request order, is raised (a JudgeError): the answered calls are cached for a rerun."""
+        start, self._n = self._n, self._n + len(requests)
 
-        async def go() -> list[JudgeScore]:
-            return list(await asyncio.gather(*(self._score(f"#{start + i}", *it) for i, it in enumerate(items))))
+        async def go() -> list[JudgeScore | BaseException]:
+            calls = (
+                self._score(f"#{start + i}", r.source_png, r.edited_png, r.instruction) for i, r in enumerate(requests)
+            )
+            return list(await asyncio.gather(*calls, return_exceptions=True))
 
-        return self.client.run_sync(go())
+        results = self.client.run_sync(go())
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return [r for r in results if not isinstance(r, BaseException)]
 
     def score(self, source_png: bytes, edited_png: bytes, instruction: str, reference: str | None) -> JudgeScore:
-        return self.score_many([(source_png, edited_png, instruction)])[0]
+        return self.score_many([ScoreRequest(source_png, edited_png, instruction, reference)])[0]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from editthinker.protocol import Verdict, format_expert_answer, parse_expert_answer
-from editthinker.roles import EditRequest, JudgeScore, ThinkRequest
+from editthinker.roles import EditRequest, JudgeScore, ScoreRequest, ThinkRequest
 from editthinker.world import language as lang
 from editthinker.world.perception import perceive_png
 from editthinker.world.scene import BACKGROUNDS, POSITIONS, SHAPE_COLOURS, SIZES, Scene, from_png, render_array, to_png
@@ -210,6 +210,9 @@ class SyntheticJudge:
         if source is None:
             raise ValueError("the source image could not be read")
         return JudgeScore(semantic_score(source, seen.scene, target), quality_score(seen.artifact_fraction))
+
+    def score_many(self, requests: list[ScoreRequest]) -> list[JudgeScore]:
+        return [self.score(r.source_png, r.edited_png, r.instruction, r.reference) for r in requests]
 
 
 # -- expert --------------------------------------------------------------------------------------

@@ -300,25 +300,25 @@ def _unit_rows(params: Params, roles: _Roles, unit: range, source: TaskSource | 
     names = list(roles.editors)
     tasks = dict(zip(unit, source.tasks(unit), strict=True))
     rows: list[dict[str, Any]] = []
-    for name in names:
-        # split across editors
-        mine = [(i, tasks[i]) for i in unit if i % len(names) == names.index(name)]
-        for k in range(0, len(mine), CHUNK):
-            chunk = mine[k : k + CHUNK]
-            starts = [EpisodeStart(t.task_id, t.source_png, t.instruction, i, t.reference) for i, t in chunk]
-            try:
-                episodes = run_episodes(starts, roles.editors[name], roles.expert, roles.judge, g.max_turns)
-            except OpenAICallError as exc:
-                raise GenerationFailed(
-                    f"generate: the chunk of editor {name!r}, tasks {chunk[0][1].task_id}..{chunk[-1][1].task_id}, "
-                    f"failed and its unit was not written (a rerun repeats it; answered calls come from the "
-                    f"request cache): {exc}"
-                ) from exc
-            for (_, t), e in zip(chunk, episodes, strict=True):
-                rows.extend(trajectory_rows(t, name, e))
-                if images is not None:
-                    images[sha256_bytes(e.start.source_png)] = e.start.source_png
-                    images.update((sha256_bytes(turn.image_png), turn.image_png) for turn in e.turns)
+    # split across editors; one lockstep chunk spans them all (each editor is called with its own episodes, up to
+    # CHUNK), so the expert's and the judge's batches, and their concurrency, cover every editor's episodes
+    mine = [(i, tasks[i], names[i % len(names)]) for i in unit]
+    for k in range(0, len(mine), CHUNK * len(names)):
+        chunk = mine[k : k + CHUNK * len(names)]
+        starts = [EpisodeStart(t.task_id, t.source_png, t.instruction, i, t.reference, name) for i, t, name in chunk]
+        try:
+            episodes = run_episodes(starts, roles.editors, roles.expert, roles.judge, g.max_turns)
+        except OpenAICallError as exc:
+            raise GenerationFailed(
+                f"generate: the chunk of editors {names}, tasks {chunk[0][1].task_id}..{chunk[-1][1].task_id}, "
+                f"failed and its unit was not written (a rerun repeats it; answered calls come from the "
+                f"request cache): {exc}"
+            ) from exc
+        for (_, t, name), e in zip(chunk, episodes, strict=True):
+            rows.extend(trajectory_rows(t, name, e))
+            if images is not None:
+                images[sha256_bytes(e.start.source_png)] = e.start.source_png
+                images.update((sha256_bytes(turn.image_png), turn.image_png) for turn in e.turns)
     rows.sort(key=_row_key)
     return rows
 
