@@ -6,7 +6,7 @@ export DVC_NO_ANALYTICS := 1
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lint bench pipeline images clean
+.PHONY: setup demo test lint bench seeds pipeline images clean
 
 setup: $(STAMP)
 
@@ -30,8 +30,12 @@ lint: $(STAMP)  ## ruff and a type check of src/
 	$(VENV)/bin/ruff format --check src tests components pipelines bench
 	$(VENV)/bin/mypy src
 
-bench: $(STAMP)  ## throughput, training speed, demo wall time and peak memory per stage (BENCH_ARGS=--quick: smoke)
+bench: $(STAMP)  ## throughput, training speed, demo wall time and peak memory per stage, then `seeds` (BENCH_ARGS=--quick: smoke)
 	$(PY) bench/bench.py $(BENCH_ARGS)
+	$(PY) bench/seeds.py $(BENCH_ARGS)
+
+seeds: $(STAMP)  ## the held-out figures over 3 training seeds x 2 world seeds: reports/seeds.md (README's table)
+	$(PY) bench/seeds.py
 
 pipeline: $(STAMP)  ## compile the KFP pipelines to YAML
 	$(VENV)/bin/editthinker pipeline compile --params params.yaml --out build/pipelines

@@ -19,6 +19,7 @@ from editthinker.rewards import (
     total_reward,
     trl_reward_func,
 )
+from editthinker.roles import EditRequest
 from editthinker.world.scene import render_png
 from editthinker.world.tasks import canonical_instruction, make_task
 
@@ -50,6 +51,18 @@ def _sample(task, previous_png: bytes, previous_instruction: str, seed: int = 0)
         "target_semantic": s.semantic,
         "target_quality": s.quality,
     }
+
+
+def _clean_seed(task) -> int:
+    """An editor seed at which the painter carries out the task's canonical instruction exactly (no slip), so a
+    canonical rewrite earns the full edit reward whatever the world draws."""
+    editor = CTX.editors["painter"]
+    src = render_png(task.source, SIZE)
+    target = render_png(task.target, SIZE)
+    for seed in range(100):
+        if editor.edit([EditRequest(src, canonical_instruction(task.op), seed)])[0] == target:
+            return seed
+    raise AssertionError("the painter slips at every seed")
 
 
 GOOD = format_thinker_answer("the edit matches the instruction.", 10, 10, "recolor the red circle to blue")
@@ -89,7 +102,7 @@ def test_critic_reward_is_exact_and_scaled():
 def test_edit_reward_positive_for_a_correct_canonical_rewrite():
     task = _task("recolor")
     unchanged = render_png(task.source, SIZE)  # the previous edit did nothing: semantic 0
-    sample = _sample(task, unchanged, task.instruction, seed=3)
+    sample = _sample(task, unchanged, task.instruction, seed=_clean_seed(task))
     assert sample["target_semantic"] == 0.0
     answer = format_thinker_answer("nothing changed.", 0, 10, canonical_instruction(task.op))
     assert edit_reward(answer, sample, CTX) == pytest.approx(1.0)
@@ -120,7 +133,7 @@ def test_edit_reward_zero_when_the_answer_stops_the_loop_and_neutral_when_unpars
 
 def test_edit_reward_overall_metric_uses_quality_too():
     task = _task("recolor")
-    sample = _sample(task, render_png(task.source, SIZE), task.instruction, seed=3)
+    sample = _sample(task, render_png(task.source, SIZE), task.instruction, seed=_clean_seed(task))
     ctx = make_context(Params.model_validate({"rl": {"edit_metric": "overall"}}), IMAGES)
     answer = format_thinker_answer("r", 0, 10, canonical_instruction(task.op))
     assert ctx.edit_metric == "overall"
@@ -147,3 +160,35 @@ def test_trl_adapter_reads_conversational_completions_and_columns():
                trainer_state=object())  # fmt: skip
     assert func.__name__ == "critic"
     assert out == [1.0, 0.0]
+
+
+def test_diagnostics_read_the_verdict_on_failed_and_good_edits_and_skip_the_rest():
+    """satisfied_on_failed applies to failed previous edits only, rewrote_on_success to good ones (None
+    elsewhere, so trl's mean is a rate over the samples they apply to); both carry weight 0 in the rl stage."""
+    from editthinker.rewards import DIAGNOSTICS, rewrote_on_success, satisfied_on_failed
+
+    failed = {"target_semantic": 3.0, "target_quality": 10.0}
+    good = {"target_semantic": 10.0, "target_quality": 9.0}
+    satisfied = format_thinker_answer("the edit matches the instruction.", 9, 9, "keep it")
+    refine = format_thinker_answer("a blue circle is missing at the top.", 2, 9, "add a blue circle at the top")
+    assert satisfied_on_failed(satisfied, failed, CTX) == 1.0
+    assert satisfied_on_failed(refine, failed, CTX) == 0.0
+    assert satisfied_on_failed("no tags", failed, CTX) == 0.0  # a malformed answer saw nothing either
+    assert satisfied_on_failed(satisfied, good, CTX) is None
+    assert rewrote_on_success(refine, good, CTX) == 1.0
+    assert rewrote_on_success(satisfied, good, CTX) == 0.0
+    assert rewrote_on_success(refine, failed, CTX) is None
+    f = trl_reward_func("satisfied_on_failed", CTX)
+    cols = {k: [failed[k], good[k]] for k in failed}
+    assert f(["p", "p"], [satisfied, satisfied], **cols) == [1.0, None]
+    assert set(DIAGNOSTICS).isdisjoint(REWARDS)
+
+
+def test_learning_signal_averages_first_and_last_quarter_and_skips_empty_steps():
+    from editthinker.stages.rl import learning_signal
+
+    logs = [{"kl": float(i), "rewards/satisfied_on_failed/mean": (None if i % 2 else 1.0 - i / 10)} for i in range(8)]
+    out = learning_signal(logs, ["satisfied_on_failed"])
+    assert out["kl"] == {"first": 0.5, "last": 6.5}
+    assert out["rewards/satisfied_on_failed/mean"] == {"first": 1.0, "last": pytest.approx(0.4)}
+    assert out["entropy"] == {"first": None, "last": None}  # never logged

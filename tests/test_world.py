@@ -1,5 +1,7 @@
 """The synthetic world: exact perception, judge exactness, instruction language, editors' determinism."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -111,3 +113,35 @@ def test_expert_accepts_a_perfect_edit_and_rewrites_a_failed_one():
 def test_png_decoding_rejects_garbage():
     with pytest.raises(ValueError, match="not a readable image"):
         from_png(b"\x89PNG\r\n\x1a\n garbage")
+
+
+def test_held_out_benchmark_shares_no_source_scene_with_training():
+    """The shipped params: every held-out task (evaluate) starts from a scene no training task (generate, the
+    synthetic source) starts from; before the scene partition 1 of the 200 did."""
+    from editthinker.config import load_params
+    from editthinker.world.tasks import make_tasks, scene_partition
+
+    p = load_params(Path(__file__).parents[1] / "params.yaml")
+    w = p.world
+    train = make_tasks(p.generate.seed, range(p.generate.num_tasks), w.min_shapes, w.max_shapes, w.styles)
+    for s in p.sources:
+        if s.kind == "synthetic":
+            train |= {-1 - i: t for i, t in make_tasks(s.seed, range(s.num_tasks), w.min_shapes, w.max_shapes,
+                                                       w.styles).items()}  # fmt: skip
+    held = make_tasks(p.evaluate.seed, range(p.evaluate.num_tasks), w.min_shapes, w.max_shapes, w.styles,
+                      partition="held_out")  # fmt: skip
+    train_scenes = {t.source.to_json() for t in train.values()}
+    assert len(held) == p.evaluate.num_tasks
+    assert not train_scenes & {t.source.to_json() for t in held.values()}
+    assert {scene_partition(t.source) for t in train.values()} == {"train"}
+    assert {scene_partition(t.source) for t in held.values()} == {"held_out"}
+
+
+def test_scene_partition_keeps_tasks_pure_and_rejects_unknown_parts():
+    from editthinker.world.tasks import make_task
+
+    a = make_task(3, 7, 2, 4, {"canonical": 1.0}, partition="held_out")
+    assert a == make_task(3, 7, 2, 4, {"canonical": 1.0}, partition="held_out")
+    assert a.source != make_task(3, 7, 2, 4, {"canonical": 1.0}).source  # same seed and index, other part
+    with pytest.raises(ValueError, match="partition"):
+        make_task(3, 7, 2, 4, {"canonical": 1.0}, partition="test")

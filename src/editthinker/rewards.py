@@ -264,9 +264,42 @@ def completion_text(completion: Any) -> str:
     return str(content)
 
 
+# -- diagnostics: how the thinker reads the previous edit, logged by GRPO beside the rewards (weight 0) -------
+# A diagnostic is a pure function like a reward, 1.0 / 0.0 where it applies and None where it does not (trl
+# averages what applies), so `rewards/<name>/mean` is a rate over the samples it applies to.
+Diagnostic = Callable[[str, Mapping[str, Any], RewardContext], float | None]
+
+
+def _previous_ok(sample: Mapping[str, Any], ctx: RewardContext) -> bool:
+    return float(sample["target_semantic"]) >= ctx.stop_semantic and float(sample["target_quality"]) >= ctx.stop_quality
+
+
+def satisfied_on_failed(answer: str, sample: Mapping[str, Any], ctx: RewardContext) -> float | None:
+    """On a failed previous edit (the judge's scores below the stop thresholds): 1.0 when the answer says
+    satisfied (the thinker did not see the failure), 0.0 when it refines; None on a good edit."""
+    if _previous_ok(sample, ctx):
+        return None
+    v = parse_thinker_answer(answer, ctx.stop_semantic, ctx.stop_quality)
+    return 1.0 if v.format_ok and v.satisfied else 0.0
+
+
+def rewrote_on_success(answer: str, sample: Mapping[str, Any], ctx: RewardContext) -> float | None:
+    """On a good previous edit: 1.0 when the answer refines it anyway (or does not parse), 0.0 when it says
+    satisfied; None on a failed edit."""
+    if not _previous_ok(sample, ctx):
+        return None
+    v = parse_thinker_answer(answer, ctx.stop_semantic, ctx.stop_quality)
+    return 0.0 if v.format_ok and v.satisfied else 1.0
+
+
+DIAGNOSTICS: dict[str, Diagnostic] = {"satisfied_on_failed": satisfied_on_failed,
+                                      "rewrote_on_success": rewrote_on_success}  # fmt: skip
+
+
 def trl_reward_func(name: str, ctx: RewardContext) -> Callable[..., list[float | None]]:
-    """A reward in trl's calling convention: f(prompts, completions, **dataset columns) -> list[float]."""
-    reward = get_reward(name)
+    """A reward (or a diagnostic) in trl's calling convention: f(prompts, completions, **dataset columns) ->
+    list[float | None]."""
+    reward: Reward | Diagnostic = DIAGNOSTICS[name] if name in DIAGNOSTICS else get_reward(name)
     batch = BATCH_REWARDS.get(name)
 
     def func(prompts: list[Any], completions: list[Any], **columns: Any) -> list[float | None]:

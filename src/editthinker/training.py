@@ -80,6 +80,15 @@ class LogHistory(TrainerCallback):
             self.bar.close()
 
 
+class DropEmptyLogs(TrainerCallback):
+    """Leaves out of a log line the values that are None (a GRPO diagnostic that applied to no sample of the
+    step) before the loggers after it see them; the Trainer's own log history keeps them."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key in [k for k, v in (logs or {}).items() if v is None]:
+            del logs[key]
+
+
 class SkipFinalCheckpoint(TrainerCallback):
     """No checkpoint at the last step: the stage saves its output right after, and a checkpoint there would
     only cost time (the Trainer saves one at the end under save_strategy "steps")."""
@@ -305,6 +314,7 @@ def train_timed(trainer: Any, resume_from: Path | None, stage: str | None = None
     log_dir = training_log_dir(stage) if stage else None
     live = dvclive_callback(log_dir, start) if log_dir else None
     if live is not None:
+        trainer.add_callback(DropEmptyLogs())
         trainer.add_callback(live)
     sharded = getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False)
     quiet = _KeyMismatchOnResume()
@@ -323,7 +333,9 @@ def train_timed(trainer: Any, resume_from: Path | None, stage: str | None = None
 
 
 def series(logs: list[dict[str, float]], key: str) -> list[float]:
-    return [float(r[key]) for r in logs if key in r]
+    """`key`'s logged values, in step order; steps where it had no value (None: a GRPO diagnostic that applied to
+    no sample of that step) are left out."""
+    return [float(r[key]) for r in logs if r.get(key) is not None]
 
 
 @contextmanager

@@ -3,6 +3,8 @@
 Systems: the editor alone (one turn), editor + expert, editor + SFT thinker, editor + RL thinker.
 Per system and editor: success rate with a 95% Wilson interval, mean semantic / quality / overall, mean
 turns, format failures; plus the mean score by turn. The RL thinker's scores are the challenger's.
+The tasks start from scenes of the world's held-out part (`world.tasks.scene_partition`), which no training
+task draws from, so the benchmark shares no source scene with training whatever the seeds.
 """
 
 from __future__ import annotations
@@ -207,7 +209,7 @@ def _run(params: Params, sft_checkpoint: Path, rl_checkpoint: Path, out_dir: Pat
         CHALLENGER: load_vlm_thinker(rl_checkpoint, params.thinker, params.inference),
     }
     w = params.world
-    tasks = make_tasks(ev.seed, range(ev.num_tasks), w.min_shapes, w.max_shapes, w.styles)
+    tasks = make_tasks(ev.seed, range(ev.num_tasks), w.min_shapes, w.max_shapes, w.styles, partition="held_out")
     starts = [
         EpisodeStart(t.task_id, render_png(t.source, w.image_size), t.instruction, i, t.target.to_json())
         for i, t in tasks.items()

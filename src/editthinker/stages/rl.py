@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from editthinker.images import ImageStore, open_store_for
 from editthinker.lineage import verify_checkpoint
 from editthinker.models.vlm import kind_of, load_base
 from editthinker.records import iter_rows
-from editthinker.rewards import REWARDS, EditCallStats, make_context, trl_reward_func, weights_of
+from editthinker.rewards import DIAGNOSTICS, REWARDS, EditCallStats, make_context, trl_reward_func, weights_of
 from editthinker.stages import sections_of
 from editthinker.training import (
     LogHistory,
@@ -45,6 +46,9 @@ from editthinker.training import (
 REWARD_COLUMNS = ("editor", "seed", "source_image", "original_instruction", "previous_instruction", "reference",
                   "target_semantic", "target_quality")  # fmt: skip
 EDIT_CALLS_FILE = "edit_calls.json"  # the edit reward's call counts, saved with each checkpoint
+# what GRPO logs that tells whether it learns: groups with no reward spread (no gradient), the completions'
+# entropy and KL to the SFT start, each reward, and how the thinker reads the previous edit (rewards.DIAGNOSTICS)
+SIGNALS = ("frac_reward_zero_std", "reward_std", "entropy", "kl")
 
 
 class SaveEditCalls(TrainerCallback):
@@ -102,19 +106,20 @@ def _run(params: Params, rl_data: Path, sft_checkpoint: Path, out_dir: Path, ima
     ctx = make_context(params, store)
     weights = weights_of(cfg.rewards)
     names = list(REWARDS)
+    probes = list(DIAGNOSTICS)  # logged beside the rewards with weight 0: they never move the policy
     args = GRPOConfig(
         **trainer_settings(cfg, "rl", work),
         num_generations=cfg.num_generations,
         beta=cfg.beta,
         temperature=cfg.temperature,
         max_completion_length=cfg.max_completion_length or params.thinker.max_new_tokens,
-        reward_weights=[weights[n] for n in names],
+        reward_weights=[weights[n] for n in names] + [0.0] * len(probes),
         log_completions=False,
         **vllm_settings(cfg),
     )
     trainer = GRPOTrainer(
         model=model,
-        reward_funcs=[trl_reward_func(n, ctx) for n in names],
+        reward_funcs=[trl_reward_func(n, ctx) for n in names + probes],
         args=args,
         train_dataset=dataset,
         processing_class=processor,
@@ -134,6 +139,7 @@ def _run(params: Params, rl_data: Path, sft_checkpoint: Path, out_dir: Path, ima
         "reward_last": rewards[-1] if rewards else None,
         "reward_curve": rewards,
         **{f"reward_{n}_mean": _mean(series(logs, f"rewards/{n}/mean")) for n in names},
+        "learning_signal": learning_signal(logs, names + probes),
         "edit_calls": ctx.stats.as_dict(),
         **timing,
     }
@@ -151,4 +157,17 @@ def _run(params: Params, rl_data: Path, sft_checkpoint: Path, out_dir: Path, ima
 
 
 def _mean(xs: list[float]) -> float | None:
+    xs = [x for x in xs if not math.isnan(x)]  # a diagnostic that applied to no sample of a step logs NaN
     return sum(xs) / len(xs) if xs else None
+
+
+def learning_signal(logs: list[dict[str, float]], rewards: list[str]) -> dict[str, dict[str, float | None]]:
+    """Each of SIGNALS and each reward / diagnostic mean, averaged over the first and the last quarter of the
+    logged steps: whether groups still had reward spread, whether the policy collapsed or drifted from SFT,
+    which reward moved, and whether the thinker learned to see failed edits."""
+    out: dict[str, dict[str, float | None]] = {}
+    for key in [*SIGNALS, *(f"rewards/{n}/mean" for n in rewards)]:
+        xs = series(logs, key)
+        q = max(1, len(xs) // 4)
+        out[key] = {"first": _mean(xs[:q]), "last": _mean(xs[-q:])}
+    return out

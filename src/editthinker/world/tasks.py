@@ -140,10 +140,27 @@ def _phrase(rng: np.random.Generator, op: EditOp, scene: Scene, style: str) -> t
     return style, _write(pool[int(rng.integers(len(pool)))], op, "colour_shape", indirect=False)
 
 
-def make_task(seed: int, index: int, min_shapes: int, max_shapes: int, style_weights: dict[str, float]) -> Task:
-    """Task `index` of the world seeded by `seed`: a pure function of its arguments."""
+# The world's scenes are cut in two by a hash of the scene: training data (generate, the synthetic source) only
+# ever draws scenes of one part, the held-out benchmark (evaluate) only of the other, so no benchmark task
+# starts from a scene the thinker was trained on, whatever the seeds and sizes of either.
+PARTITIONS = ("train", "held_out")
+
+
+def scene_partition(scene: Scene) -> str:
+    """The part of scene space `scene` belongs to: a pure function of the scene (about half each)."""
+    return PARTITIONS[hashlib.sha256(scene.to_json().encode()).digest()[0] >> 7]
+
+
+def make_task(seed: int, index: int, min_shapes: int, max_shapes: int, style_weights: dict[str, float],
+              partition: str = "train") -> Task:  # fmt: skip
+    """Task `index` of the world seeded by `seed`, its source scene drawn from `partition` (scenes of the other
+    part are drawn again): a pure function of its arguments."""
+    if partition not in PARTITIONS:
+        raise ValueError(f"partition must be one of {PARTITIONS}, not {partition!r}")
     rng = np.random.default_rng([seed, index])
     scene = random_scene(rng, min_shapes, max_shapes)
+    while scene_partition(scene) != partition:
+        scene = random_scene(rng, min_shapes, max_shapes)
     op = _random_op(rng, scene)
     styles = sorted(style_weights)  # the draw must not depend on the order keys were written in
     p = np.array([style_weights[s] for s in styles], dtype=float)
@@ -154,7 +171,12 @@ def make_task(seed: int, index: int, min_shapes: int, max_shapes: int, style_wei
 
 
 def make_tasks(
-    seed: int, indices: Iterable[int], min_shapes: int, max_shapes: int, style_weights: dict[str, float]
+    seed: int,
+    indices: Iterable[int],
+    min_shapes: int,
+    max_shapes: int,
+    style_weights: dict[str, float],
+    partition: str = "train",
 ) -> dict[int, Task]:
     """The tasks at `indices` of the world seeded by `seed`, by index (each one `make_task`)."""
-    return {i: make_task(seed, i, min_shapes, max_shapes, style_weights) for i in indices}
+    return {i: make_task(seed, i, min_shapes, max_shapes, style_weights, partition) for i in indices}
