@@ -9,8 +9,9 @@
    whole generate run with the API expert and judge at concurrency 1 and 16 (its wall times and their ratio);
 4. the demo (`editthinker run`) in a scratch copy: wall time and peak RSS per stage, SFT and RL steps/s;
 5. a no-op `dvc repro` over the demo's outputs (after `dvc commit` records them);
-6. generation at real image size (1024 px photos, prepared tasks, 1,000 and 10,000 tasks or what fits): peak RSS
-   of both runs, bytes on disk per trajectory, stored image bytes vs the unique images' (bench/real_images.py).
+6. generation at real image size (1024 px photo-like images, prepared tasks, the stand-in editor, expert and judge
+   in process; 1,000 and 10,000 tasks, or what fits in 10 minutes at the same ratio): peak RSS of both runs,
+   bytes on disk per trajectory, stored image bytes vs the unique images' (bench/real_images.py).
 Numbers only; no pass/fail. Targets are in README.md. `--quick` runs every part at a tiny size (a smoke run that
 CI makes, so the script cannot rot); its figures mean nothing.
 """

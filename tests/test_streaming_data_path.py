@@ -79,7 +79,8 @@ def test_same_bytes_when_trajectories_span_shards_come_unsorted_and_the_spill_ha
 ):
     params, trajectories = generated
     groups = [list(g) for _, g in groupby(iter_rows(trajectories), key=lambda r: r["trajectory_id"])]
-    rows = [r for g in reversed(groups) for r in g]  # trajectories out of id order: the outputs must sort them
+    # trajectories out of id order and their turns backwards: the outputs must sort them
+    rows = [r for g in reversed(groups) for r in reversed(g)]
     odd = tmp_path / "odd"  # 7-row shards: most trajectories straddle a shard boundary
     manifest = read_manifest(trajectories)  # the same rows refer to the same image store
     write_dataset(odd, rows, TRAJECTORY_SCHEMA, 7, {"lineage": manifest["lineage"], "images": manifest["images"]})
@@ -98,3 +99,33 @@ def test_a_tampered_shard_stops_the_streamed_stages(generated, tmp_path):
     with pytest.raises(IntegrityError, match=shard.name):
         split.run(params, tmp_path / "filtered", tmp_path / "sft", tmp_path / "rl")
     assert not (tmp_path / "sft").exists()
+
+
+def test_vectorised_filter_plan_matches_filter_trajectory_row_by_row():
+    """Random trajectories (1-5 turns, shuffled, tied scores, null flags): the numpy plan keeps, clears and counts
+    exactly what filter_trajectory does, for either single-turn rule."""
+    import random
+
+    import pyarrow as pa
+
+    rng = random.Random(5)
+    rows = []
+    for t in range(400):
+        turns = list(range(1, rng.randint(1, 5) + 1))
+        rng.shuffle(turns)
+        for turn in turns:
+            rows.append(
+                {
+                    "trajectory_id": f"t{t:04d}",
+                    "turn": turn,
+                    "overall": float(rng.choice([0, 2.5, 5, 7.5, 8, 9, 10])),
+                    "critique_satisfied": rng.choice([True, False, None]),
+                    "has_critique": rng.choice([True, False, None]),
+                }
+            )
+    table = pa.Table.from_pylist(rows)
+    for keep_single in (True, False):
+        cfg = parse_params({"filter": {"keep_accepted_single_turn": keep_single}}).filter
+        fast, slow = {"kept": 0, "dropped": 0, "truncated_turns": 0}, {"kept": 0, "dropped": 0, "truncated_turns": 0}
+        assert filter_stage.plan(table, cfg, fast) == filter_stage.plan_rows(table, cfg, slow)
+        assert fast == slow and slow["kept"] and slow["dropped"] and slow["truncated_turns"]

@@ -162,7 +162,8 @@ class OpenAIAPIConfig(_Strict):
 
 
 class ExpertConfig(OpenAIAPIConfig):
-    kind: Literal["synthetic", "openai"] = "synthetic"
+    # stand-in: tests and benchmarks only (backends/stand_in.py: asks for one rewrite, then is satisfied)
+    kind: Literal["synthetic", "openai", "stand-in"] = "synthetic"
     error_rate: float = Field(0.05, ge=0, le=1)  # synthetic only
 
     @model_validator(mode="after")
@@ -172,7 +173,8 @@ class ExpertConfig(OpenAIAPIConfig):
 
 
 class JudgeConfig(OpenAIAPIConfig):
-    kind: Literal["synthetic", "openai"] = "synthetic"
+    # stand-in: tests and benchmarks only (backends/stand_in.py: scores drawn from a hash of what it is shown)
+    kind: Literal["synthetic", "openai", "stand-in"] = "synthetic"
     format_retries: int = Field(1, ge=0)  # openai: re-asks after an unparsable answer before the call fails
 
     @model_validator(mode="after")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 _THINKER_RE = re.compile(
@@ -45,8 +46,14 @@ class FormatError(ValueError):
 
 
 def format_thinker_answer(reason: str, semantic: float, quality: float, answer: str) -> str:
+    return f"<think>{reason}</think>{format_thinker_score(semantic, quality)}<answer>{answer}</answer>"
+
+
+@lru_cache(maxsize=4096)
+def format_thinker_score(semantic: float, quality: float) -> str:
+    """The `<score>` block of a thinker answer (cached: scores repeat)."""
     score = json.dumps({"semantic": _num(semantic), "quality": _num(quality)})
-    return f"<think>{reason}</think><score>{score}</score><answer>{answer}</answer>"
+    return f"<score>{score}</score>"
 
 
 def _num(x: float) -> int | float:

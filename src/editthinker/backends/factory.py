@@ -48,6 +48,10 @@ def build_expert(cfg: ExpertConfig, seed: int) -> Thinker:
         from editthinker.backends.openai_api import OpenAIExpert
 
         return OpenAIExpert(cfg)
+    if cfg.kind == "stand-in":
+        from editthinker.backends.stand_in import StandInExpert
+
+        return StandInExpert()
     raise ValueError(f"expert: unknown expert kind {cfg.kind!r}")
 
 
@@ -58,6 +62,10 @@ def build_judge(cfg: JudgeConfig) -> Judge:
         from editthinker.backends.openai_api import OpenAIJudge
 
         return OpenAIJudge(cfg)
+    if cfg.kind == "stand-in":
+        from editthinker.backends.stand_in import StandInJudge
+
+        return StandInJudge()
     raise ValueError(f"judge: unknown judge kind {cfg.kind!r}")
 
 

@@ -9,6 +9,7 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -46,7 +47,41 @@ CLEARED = {"has_critique": False, "critique_raw": "", "critique_reason": "", "ne
 
 def plan(table: pa.Table, cfg: FilterConfig, counts: dict[str, int]) -> tuple[list[int], list[bool]]:
     """filter_trajectory over every trajectory of `table` (whole trajectories only): the row indices to keep, in
-    output order, and for each whether its critique is cleared."""
+    output order, and for each whether its critique is cleared. Vectorised (numpy over trajectory runs) when every
+    score is a number; row by row (`plan_rows`) when a score is null or NaN, as filter_trajectory reads them."""
+    overall = table.column("overall")
+    if not len(table) or overall.null_count or pc.any(pc.is_nan(overall)).as_py():
+        return plan_rows(table, cfg, counts)
+    n = len(table)
+    ids = table.column("trajectory_id")
+    new_run = np.zeros(n, dtype=bool)
+    if n > 1:
+        new_run[1:] = pc.not_equal(ids.slice(1), ids.slice(0, n - 1)).to_numpy()
+    run = np.cumsum(new_run)
+    order = np.lexsort((table.column("turn").to_numpy(), run))  # run by run, each run's rows by turn (stable)
+    starts = np.r_[0, np.flatnonzero(new_run)]  # where each run begins (in the rows and in `order` alike)
+    length = np.diff(np.r_[starts, n])
+    position = np.arange(n) - starts[run]  # of each place in `order`, within its run
+    score = overall.to_numpy()[order]
+    flag = {c: pc.fill_null(table.column(c), False).to_numpy()[order] for c in ("critique_satisfied", "has_critique")}
+    first = score[starts]
+    later_best = np.maximum.reduceat(np.where(position >= 1, score, -np.inf), starts)
+    best = np.minimum.reduceat(np.where(score == np.maximum.reduceat(score, starts)[run], position, n), starts)
+    single = length == 1
+    single_kept = single & cfg.keep_accepted_single_turn & flag["critique_satisfied"][starts]
+    single_kept &= first >= cfg.single_turn_min_overall
+    multi_kept = ~single & (later_best >= first)
+    kept_run = single_kept | multi_kept
+    keep = kept_run[run] & (single[run] | (position <= best[run]))
+    clear = multi_kept[run] & (position == best[run]) & flag["has_critique"] & ~flag["critique_satisfied"]
+    counts["kept"] += int(kept_run.sum())
+    counts["dropped"] += int((~kept_run).sum())
+    counts["truncated_turns"] += int((length - best - 1)[multi_kept].sum())
+    return order[keep].tolist(), clear[keep].tolist()
+
+
+def plan_rows(table: pa.Table, cfg: FilterConfig, counts: dict[str, int]) -> tuple[list[int], list[bool]]:
+    """`plan`, trajectory by trajectory through filter_trajectory."""
     cols = {c: table.column(c).to_pylist() for c in DECISION_COLUMNS}
     take: list[int] = []
     clear: list[bool] = []

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from editthinker.backends.factory import build_editors, build_expert, build_judge
@@ -345,19 +346,28 @@ def _budget_reached(params: Params, usage: Usage, done: int, total: int) -> str 
     )
 
 
+def _unit_manifest(manifest: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray]:
+    """A unit's manifest without its image list, and that list packed (64 bytes an image, not a Python string of
+    about twice that plus a list slot: a run holds every unit's list until the end)."""
+    rest = {k: v for k, v in manifest.items() if k != IMAGES}
+    return rest, np.array([sha.encode("ascii") for sha in manifest[IMAGES]], dtype="S64")
+
+
 @dataclass
 class _Finished:
     """Every unit of a run, finished on disk: where, the model ids that made them and their API usage."""
 
     unit_dirs: list[Path]
-    manifests: list[dict[str, Any]]
+    manifests: list[dict[str, Any]]  # without their image lists, which are in `shas`
     models: dict[str, str]
     usage: Usage
     staged: Path  # the images the units' rows refer to, as files named by their hash
+    shas: list[np.ndarray]  # each unit's images (hex sha256s, packed)
 
     def image_shas(self) -> list[str]:
         """Every image the rows refer to, sorted, each once."""
-        return sorted({sha for m in self.manifests for sha in m[IMAGES]})
+        packed = np.unique(np.concatenate(self.shas)) if self.shas else np.zeros(0, dtype="S64")
+        return [sha.decode("ascii") for sha in packed.tolist()]
 
     def images(self) -> Iterator[dict[str, Any]]:
         """The store rows of those images, in hash order (read one at a time from the staged files)."""
@@ -405,9 +415,10 @@ def _generate_units(params: Params, indices: range, out_dir: Path, restart: bool
     units = unit_ranges(indices, params.generate.unit_tasks)
     dirs = [_unit_dir(work, u) for u in units]
     manifests: dict[int, dict[str, Any]] = {}
+    shas: dict[int, np.ndarray] = {}
     for k, d in enumerate(dirs):
         if (d / "manifest.json").exists():
-            manifests[k] = read_manifest(d)
+            manifests[k], shas[k] = _unit_manifest(read_manifest(d))
     roles: _Roles | None = None
     usage = sum_usage([m.get("api_usage", {}) for m in manifests.values()])
     bar = tqdm(total=len(indices), initial=sum(len(units[k]) for k in manifests), desc="generate", unit="traj",
@@ -432,7 +443,8 @@ def _generate_units(params: Params, indices: range, out_dir: Path, restart: bool
             extra = {"generate_unit": [unit.start, unit.stop], "keys": [_row_key(rows[0]), _row_key(rows[-1])],
                      "models": roles.models(), "api_usage": spent, IMAGES: sorted(images)}  # fmt: skip
             del images
-            manifests[k] = write_dataset(d, rows, TRAJECTORY_SCHEMA, max(1, len(rows)), extra)
+            manifests[k], shas[k] = _unit_manifest(write_dataset(d, rows, TRAJECTORY_SCHEMA, max(1, len(rows)), extra))
+            del rows
             usage = sum_usage([usage, spent])
             bar.update(len(unit))
         bar.set_postfix(units=f"{len(manifests)}/{len(units)}", spent=f"{_spent(usage)[0]:.4g}")
@@ -445,7 +457,7 @@ def _generate_units(params: Params, indices: range, out_dir: Path, restart: bool
     for d, m in zip(dirs, ordered, strict=True):
         if m["models"] != models:
             raise ValueError(f"generate: unit {d} was made by other models ({m['models']} != {models})")
-    return _Finished(dirs, ordered, models, usage, staged)
+    return _Finished(dirs, ordered, models, usage, staged, [shas[k] for k in range(len(units))])
 
 
 def _store_writer(images: Callable[[], Iterable[dict[str, Any]]]) -> Callable[[Path], dict[str, Any]]:

@@ -6,22 +6,23 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import itertools
 import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
-from itertools import groupby
 from pathlib import Path
 from statistics import median, pvariance
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from editthinker.config import Params
 from editthinker.images import carried_ref
 from editthinker.lineage import make_lineage
-from editthinker.protocol import format_thinker_answer
+from editthinker.protocol import format_thinker_answer, format_thinker_score
 from editthinker.records import STEP_SAMPLE_SCHEMA, iter_trajectory_tables, read_manifest, write_tables
 from editthinker.stages import sections_of
 from editthinker.storage import writer_lock
@@ -121,9 +122,30 @@ def run(params: Params, filtered: Path, sft_dir: Path, rl_dir: Path) -> dict[str
         return _run(params, filtered, sft_dir, rl_dir)
 
 
-def _trajectory_runs(ids: list[str]) -> Iterator[list[int]]:
-    for _, group in groupby(range(len(ids)), key=ids.__getitem__):
-        yield list(group)
+class _Runs:
+    """The trajectories of a table (runs of consecutive rows with the same trajectory_id), vectorised: `order`
+    lists the rows run by run, each run's rows by turn (stably, as a sort of its rows by turn); `run` is each
+    row's run; `starts` where each run but the first begins (in the rows and in `order` alike); `variance` each
+    run's score variance (score_variance of its overall scores in turn order); `steps` the rows with a critique,
+    in `order`'s order."""
+
+    def __init__(self, table: pa.Table) -> None:
+        n = len(table)
+        ids = table.column("trajectory_id")
+        new_run = np.zeros(n, dtype=bool)
+        if n > 1:
+            new_run[1:] = pc.not_equal(ids.slice(1), ids.slice(0, n - 1)).to_numpy()
+        self.run = np.cumsum(new_run)
+        turn = table.column("turn").to_numpy()
+        self.order = np.lexsort((turn, self.run))
+        self.starts = np.flatnonzero(new_run)
+        overall = table.column("overall").to_pylist()  # a null fails in float(), as unroll's would
+        by_turn = [float(overall[i]) for i in self.order.tolist()]
+        bounds = [0, *self.starts.tolist(), n]
+        self.variance = np.array([score_variance(tuple(by_turn[a:b])) for a, b in itertools.pairwise(bounds)],
+                                 dtype=np.float64)  # fmt: skip
+        critique = table.column("has_critique").to_numpy().astype(bool)
+        self.steps = self.order[critique[self.order]]
 
 
 def _summaries(filtered: Path) -> tuple[list[tuple[str, float]], list[tuple[str, str, float, str]]]:
@@ -132,37 +154,33 @@ def _summaries(filtered: Path) -> tuple[list[tuple[str, float]], list[tuple[str,
     variances: list[tuple[str, float]] = []
     samples: list[tuple[str, str, float, str]] = []
     for table in iter_trajectory_tables(filtered, SUMMARY_COLUMNS):
-        cols = {c: table.column(c).to_pylist() for c in SUMMARY_COLUMNS}
-        for index in _trajectory_runs(cols["trajectory_id"]):
-            index.sort(key=cols["turn"].__getitem__)
-            tid = cols["trajectory_id"][index[0]]
-            steps = [(f"{tid}-s{cols['turn'][i] + 1}", cols["task_type"][i], cols["semantic"][i]) for i in index
-                     if cols["has_critique"][i]]  # fmt: skip
-            if not steps:
-                continue
-            variances.append((tid, score_variance(tuple(float(cols["overall"][i]) for i in index))))
-            samples.extend((sid, op, sem, tid) for sid, op, sem in steps)
+        if not len(table):
+            continue
+        runs = _Runs(table)
+        steps = table.take(pa.array(runs.steps, pa.int64()))
+        tids = steps.column("trajectory_id")
+        sids = pc.binary_join_element_wise(tids, pc.cast(pc.add(steps.column("turn"), 1), pa.string()), "-s")
+        with_steps = np.unique(runs.run[runs.steps])  # the runs with a step sample, in order
+        first_rows = pa.array(runs.order[np.r_[0, runs.starts][with_steps]], pa.int64())
+        variances.extend(zip(table.column("trajectory_id").take(first_rows).to_pylist(),
+                             runs.variance[with_steps].tolist(), strict=True))  # fmt: skip
+        samples.extend(zip(sids.to_pylist(), steps.column("task_type").to_pylist(),
+                           steps.column("semantic").to_pylist(), tids.to_pylist(), strict=True))  # fmt: skip
     return variances, samples
 
 
 def step_samples(table: pa.Table) -> pa.Table:
     """unroll, vectorised: the step samples of every (whole, filtered) trajectory of `table`, split left ""."""
-    cols = {c: table.column(c).to_pylist() for c in ("trajectory_id", "turn", "overall", "has_critique")}
-    take: list[int] = []
-    variance: list[float] = []
-    for index in _trajectory_runs(cols["trajectory_id"]):
-        index.sort(key=cols["turn"].__getitem__)
-        var = score_variance(tuple(float(cols["overall"][i]) for i in index))
-        for i in index:
-            if cols["has_critique"][i]:
-                take.append(i)
-                variance.append(var)
+    if len(table):
+        runs = _Runs(table)
+        take, variance = runs.steps, runs.variance[runs.run[runs.steps]]
+    else:
+        take, variance = np.zeros(0, np.int64), np.zeros(0, np.float64)
     t = table.take(pa.array(take, pa.int64()))
     step = pc.add(t.column("turn"), pa.scalar(1, pa.int32()))
     answer = pc.if_else(pc.fill_null(t.column("critique_satisfied"), False), t.column("instruction"),
                         t.column("next_instruction"))  # fmt: skip
-    reason, semantic, quality = (t.column(c).to_pylist() for c in ("critique_reason", "semantic", "quality"))
-    text = [format_thinker_answer(*a) for a in zip(reason, semantic, quality, answer.to_pylist(), strict=True)]
+    text = _thinker_texts(t.column("critique_reason"), t.column("semantic"), t.column("quality"), answer)
     columns = {
         "sample_id": pc.binary_join_element_wise(t.column("trajectory_id"), pc.cast(step, pa.string()), "-s"),
         **{k: t.column(k) for k in CARRIED},
@@ -177,11 +195,23 @@ def step_samples(table: pa.Table) -> pa.Table:
         "target_semantic": t.column("semantic"),
         "target_quality": t.column("quality"),
         "target_answer": answer,
-        "target_text": pa.array(text, pa.string()),
+        "target_text": text,
         "trajectory_score_var": pa.array(variance, pa.float64()),
         "split": pa.array([""] * len(t), pa.string()),
     }
     return pa.table(columns, schema=STEP_SAMPLE_SCHEMA)
+
+
+def _thinker_texts(reason: Any, semantic: Any, quality: Any, answer: Any) -> pa.Array:
+    """format_thinker_answer of every row, vectorised: the cached `<score>` blocks joined with the reasons and
+    answers in Arrow (with a null reason or answer, row by row as format_thinker_answer writes it)."""
+    sem, qual = semantic.to_pylist(), quality.to_pylist()
+    if reason.null_count or answer.null_count:
+        rows = zip(reason.to_pylist(), sem, qual, answer.to_pylist(), strict=True)
+        return pa.array([format_thinker_answer(*a) for a in rows], pa.string())
+    scores = pa.array([format_thinker_score(s, q) for s, q in zip(sem, qual, strict=True)], pa.string())
+    parts = ("<think>", reason, "</think>", scores, "<answer>", answer, "</answer>")
+    return pc.binary_join_element_wise(*parts, "")
 
 
 class _SortedSpill:
