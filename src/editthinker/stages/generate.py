@@ -364,10 +364,10 @@ class _Finished:
     staged: Path  # the images the units' rows refer to, as files named by their hash
     shas: list[np.ndarray]  # each unit's images (hex sha256s, packed)
 
-    def image_shas(self) -> list[str]:
+    def image_shas(self) -> Iterator[str]:
         """Every image the rows refer to, sorted, each once."""
         packed = np.unique(np.concatenate(self.shas)) if self.shas else np.zeros(0, dtype="S64")
-        return [sha.decode("ascii") for sha in packed.tolist()]
+        return (bytes(sha).decode("ascii") for sha in packed)
 
     def images(self) -> Iterator[dict[str, Any]]:
         """The store rows of those images, in hash order (read one at a time from the staged files)."""

@@ -74,14 +74,22 @@ def unroll(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _ranked(items: list[str], seed: int) -> list[str]:
-    return sorted(items, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
+    """`items` by the sha256 of "seed:item" (raw digests sort as their hex strings do)."""
+    prefix = f"{seed}:"
+    return sorted(items, key=lambda i: hashlib.sha256((prefix + i).encode()).digest())
+
+
+def _first_ranked(items: list[str], seed: int, count: int) -> list[str]:
+    """The first `count` of `_ranked(items, seed)`, as a set would hold them: all of them, unranked, when
+    there are no more than `count`."""
+    return items if len(items) <= count else _ranked(items, seed)[:count]
 
 
 def pick_rl_ids(variances: list[tuple[str, float]], threshold: float, max_fraction: float, seed: int) -> set[str]:
     """Of (trajectory_id, score variance) pairs: the ids whose variance exceeds the threshold, at most
     max_fraction of all of them (a seeded, deterministic choice when there are more candidates)."""
     candidates = [tid for tid, var in variances if var > threshold]
-    return set(_ranked(candidates, seed)[: int(max_fraction * len(variances))])
+    return set(_first_ranked(candidates, seed, int(max_fraction * len(variances))))
 
 
 def pick_rl(trajectories: list[list[dict[str, Any]]], threshold: float, max_fraction: float, seed: int) -> set[str]:
@@ -106,7 +114,7 @@ def balanced_ids(samples: Iterable[tuple[str, str, float]], max_ratio: float, se
     cap = max(1, int(max_ratio * median(len(g) for g in groups.values())))
     keep: set[str] = set()
     for g in groups.values():
-        keep.update(_ranked(g, seed)[:cap])
+        keep.update(_first_ranked(g, seed, cap))
     return keep
 
 
@@ -148,12 +156,16 @@ class _Runs:
         self.steps = self.order[critique[self.order]]
 
 
-def _summaries(filtered: Path) -> tuple[list[tuple[str, float]], list[tuple[str, str, float, str]]]:
-    """Pass 1 (small columns): (trajectory_id, score variance) of every trajectory with a step sample, and
-    (sample_id, task_type, target_semantic, trajectory_id) of every step sample."""
+def _summaries(filtered: Path) -> tuple[list[tuple[str, float]], list[tuple[str, str, float, str]], list[int]]:
+    """Pass 1 (small columns): (trajectory_id, score variance) of every trajectory with a step sample,
+    (sample_id, task_type, target_semantic, trajectory_id) of every step sample, in the order `step_samples` gives
+    them table by table, and the number of step samples of each table of `iter_trajectory_tables`."""
     variances: list[tuple[str, float]] = []
     samples: list[tuple[str, str, float, str]] = []
+    per_table: list[int] = []
     for table in iter_trajectory_tables(filtered, SUMMARY_COLUMNS):
+        before = len(samples)
+        per_table.append(0)
         if not len(table):
             continue
         runs = _Runs(table)
@@ -166,7 +178,8 @@ def _summaries(filtered: Path) -> tuple[list[tuple[str, float]], list[tuple[str,
                              runs.variance[with_steps].tolist(), strict=True))  # fmt: skip
         samples.extend(zip(sids.to_pylist(), steps.column("task_type").to_pylist(),
                            steps.column("semantic").to_pylist(), tids.to_pylist(), strict=True))  # fmt: skip
-    return variances, samples
+        per_table[-1] = len(samples) - before
+    return variances, samples, per_table
 
 
 def step_samples(table: pa.Table) -> pa.Table:
@@ -252,37 +265,44 @@ def _run(params: Params, filtered: Path, sft_dir: Path, rl_dir: Path) -> dict[st
     streams the step samples into sorted buckets; each output is then written bucket by bucket. Memory:
     O(step samples x an id), a shard and a bucket of rows, never the whole dataset."""
     cfg = params.split
-    variances, summaries = _summaries(filtered)
+    variances, summaries, per_table = _summaries(filtered)
     rl_ids = pick_rl_ids(variances, cfg.rl_variance_threshold, cfg.rl_max_fraction, cfg.seed)
     del variances
     names = ("sft", "rl")
     unbalanced = {name: 0 for name in names}
-    keep: dict[str, pa.Array] = {}
+    # where each step sample goes, in pass 1's order (which is pass 2's): 0 nowhere, k the k-th of `names`
+    destination = np.zeros(len(summaries), dtype=np.int8)
     order: dict[str, list[str]] = {}
-    for name in names:
-        part = [(sid, op, sem) for sid, op, sem, tid in summaries if (tid in rl_ids) == (name == "rl")]
-        unbalanced[name] = len(part)
-        kept = sorted(balanced_ids(part, cfg.balance_max_group_ratio, cfg.seed))
-        order[name] = kept
-        keep[name] = pa.array(kept, pa.string())
+    for code, name in enumerate(names, 1):
+        mine = [k for k, (*_, tid) in enumerate(summaries) if (tid in rl_ids) == (name == "rl")]
+        unbalanced[name] = len(mine)
+        kept = balanced_ids((summaries[k][:3] for k in mine), cfg.balance_max_group_ratio, cfg.seed)
+        destination[[k for k in mine if summaries[k][0] in kept]] = code
+        order[name] = sorted(kept)
+        del kept, mine
     trajectories = len({tid for *_, tid in summaries})
     del summaries
     models = read_manifest(filtered)["lineage"]["models"]
     lineage = make_lineage("split", params, SECTIONS, {"filtered": filtered}, models)
     result: dict[str, Any] = {"trajectories": trajectories, "rl_trajectories": len(rl_ids)}
-    rl_array = pa.array(sorted(rl_ids), pa.string())
     with tempfile.TemporaryDirectory(prefix="editthinker-split-") as spill_dir:
         spills = {name: _SortedSpill(Path(spill_dir), name, order[name]) for name in names}
         del order
-        for table in iter_trajectory_tables(filtered):
+        start = 0
+        for k, table in enumerate(iter_trajectory_tables(filtered)):
             samples = step_samples(table)
-            in_rl = pc.is_in(samples.column("trajectory_id"), value_set=rl_array)
-            for name in names:
-                mine = in_rl if name == "rl" else pc.invert(in_rl)
-                part = samples.filter(pc.and_(mine, pc.is_in(samples.column("sample_id"), value_set=keep[name])))
-                if len(part):
+            if k >= len(per_table) or len(samples) != per_table[k]:  # each pass verified the shards: cannot happen
+                raise RuntimeError(f"{filtered}: split's two passes disagree at table {k}")
+            where = destination[start : start + len(samples)]
+            start += len(samples)
+            for code, name in enumerate(names, 1):
+                mask = where == code
+                if mask.any():
+                    part = samples.filter(pa.array(mask, pa.bool_()))
                     split_column = pa.array([name] * len(part), pa.string())
                     spills[name].add(part.set_column(part.schema.get_field_index("split"), "split", split_column))
+        if start != len(destination):
+            raise RuntimeError(f"{filtered}: split's two passes disagree ({start} then {len(destination)} samples)")
         images = carried_ref(filtered)  # the same store: no bytes copied
         for name, out in (("sft", sft_dir), ("rl", rl_dir)):
             extra = {"lineage": lineage, "unbalanced_rows": unbalanced[name], "images": images}
