@@ -105,6 +105,8 @@ def main() -> None:
         return
     train_seeds = [int(s) for s in a.train_seeds.split(",")]
     world_seeds = [int(s) for s in a.world_seeds.split(",")]
+    if a.quick:  # a smoke run of every step: one training seed on one world seed
+        train_seeds, world_seeds = train_seeds[:1], world_seeds[:1]
     extra = QUICK if a.quick else []
     a.work.mkdir(parents=True, exist_ok=True)
     a.out = a.out or (a.work if a.quick else ROOT / "reports")
