@@ -58,17 +58,20 @@ def table(runs: list[dict[str, Any]], world_seeds: list[int], train_seeds: list[
             fails = [r["systems"][s]["format_failures"] for r in rs]
             out.append(f"| {s} | {mean_sd(succ)} | {mean_sd(ovr)} | {sum(fails)} |")
         out += ["", "| paired b - a | success points: mean [lowest CI low, highest CI high] | interval above 0 |"
-                " overall: mean | overall interval above 0 |", "|---|---|---|---|---|"]  # fmt: skip
+                " interval below 0 | overall: mean | overall interval above 0 | below 0 |",
+                "|---|---|---|---|---|---|---|"]  # fmt: skip
         for p in PAIRS:
             d = [r["paired"][p] for r in rs]
             pts = [100 * x["success_rate"]["mean"] for x in d]
             lo = min(100 * x["success_rate"]["low"] for x in d)
             hi = max(100 * x["success_rate"]["high"] for x in d)
             above = sum(x["success_rate"]["low"] > 0 for x in d)
+            below = sum(x["success_rate"]["high"] < 0 for x in d)
             o_above = sum(x["overall"]["low"] > 0 for x in d)
+            o_below = sum(x["overall"]["high"] < 0 for x in d)
             o_mean = statistics.fmean(x["overall"]["mean"] for x in d)
             out.append(f"| {p} | {statistics.fmean(pts):+.1f} [{lo:+.1f}, {hi:+.1f}] | {above}/{len(d)} | "
-                       f"{o_mean:+.2f} | {o_above}/{len(d)} |")  # fmt: skip
+                       f"{below}/{len(d)} | {o_mean:+.2f} | {o_above}/{len(d)} | {o_below}/{len(d)} |")  # fmt: skip
     return "\n".join(out) + "\n"
 
 
@@ -89,9 +92,21 @@ def main() -> None:
         help="where seeds.md and seeds.json go (default: reports/, or the scratch folder with --quick)",
     )
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, not figures")
+    ap.add_argument(
+        "--render",
+        type=Path,
+        default=None,
+        help="only write the table again from a seeds.json an earlier run wrote (no training)",
+    )
     a = ap.parse_args()
+    if a.render is not None:
+        saved = json.loads(a.render.read_text())
+        print(table(saved["runs"], saved["world_seeds"], saved["train_seeds"]), end="")
+        return
     train_seeds = [int(s) for s in a.train_seeds.split(",")]
     world_seeds = [int(s) for s in a.world_seeds.split(",")]
+    if a.quick:  # a smoke run of every step: one training seed on one world seed
+        train_seeds, world_seeds = train_seeds[:1], world_seeds[:1]
     extra = QUICK if a.quick else []
     a.work.mkdir(parents=True, exist_ok=True)
     a.out = a.out or (a.work if a.quick else ROOT / "reports")

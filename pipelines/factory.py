@@ -88,17 +88,19 @@ def _data_steps(params: Params, p: dict[str, Any], tasks_uri: Any = None) -> dic
     k8s = params.kubernetes
     shards = params.generate.shards
     t: dict[str, Any] = {}
-    tasks: dict[str, Any] = {}
+    gen_inputs: dict[str, Any] = {}  # generate's optional inputs
     if tasks_uri is not None:
         t["tasks"] = dsl.importer(artifact_uri=tasks_uri, artifact_class=Dataset, reimport=False)
-        tasks["tasks"] = t["tasks"].output
+        gen_inputs["tasks"] = t["tasks"].output
+    if params.s3.bucket:  # finished units also go to S3: a retried step starts on a fresh disk (no secret in it)
+        gen_inputs["units_s3_json"] = params.s3.model_dump_json()
     if shards > 1:
         with dsl.ParallelFor(list(range(shards)), parallelism=k8s.generate_parallelism or None) as shard:
-            one = apply(generate_shard(params_json=p["generate"], shard=shard, **tasks), "generate", k8s)
+            one = apply(generate_shard(params_json=p["generate"], shard=shard, **gen_inputs), "generate", k8s)
         gathered = generate_gather(params_json=p["generate"], shards=dsl.Collected(one.outputs["trajectories"]))
         t["generate"] = apply(gathered, "gather", k8s)
     else:
-        t["generate"] = apply(generate(params_json=p["generate"], **tasks), "generate", k8s)
+        t["generate"] = apply(generate(params_json=p["generate"], **gen_inputs), "generate", k8s)
     trajectories = t["generate"].outputs["trajectories"]
     t["filter"] = apply(filter_(params_json=p["filter"], trajectories=trajectories), "filter", k8s)
     t["split"] = apply(split(params_json=p["split"], filtered=t["filter"].outputs["filtered"]), "split", k8s)

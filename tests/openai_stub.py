@@ -102,7 +102,11 @@ class StubOpenAIServer:
 
             def do_POST(self) -> None:  # noqa: N802
                 n = int(self.headers.get("Content-Length", "0"))
-                body = json.loads(self.rfile.read(n) or b"{}")
+                raw = self.rfile.read(n)
+                if len(raw) < n:  # the client died mid-request (a kill -9): no request was made, as for a real server
+                    self.close_connection = True
+                    return
+                body = json.loads(raw or b"{}")
                 with stub._lock:
                     stub.requests.append(body)
                     stub.auth_headers.append(self.headers.get("Authorization", ""))

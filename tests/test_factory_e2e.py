@@ -110,9 +110,9 @@ def test_validation_failure_stops_before_training_and_keeps_the_data(tmp_path):
 
     shard = tmp_path / "data/trajectories" / sorted(read_manifest(tmp_path / "data/trajectories")["files"])[0]
     table = pq.read_table(shard)
-    images = table.column("image_png").to_pylist()
-    images[0] = b"not a png"
-    broken = table.set_column(table.schema.get_field_index("image_png"), "image_png", [images])
+    images = table.column("image").to_pylist()
+    images[0] = "0" * 64  # a hash the image store does not hold
+    broken = table.set_column(table.schema.get_field_index("image"), "image", [images])
     pq.write_table(broken, shard)
     # as a faulty stage would have written it: the manifest lists the broken shard (a shard changed after it was
     # written is refused by every reader, validate included: tests/test_verified_reads.py)
@@ -127,7 +127,7 @@ def test_validation_failure_stops_before_training_and_keeps_the_data(tmp_path):
     done = cli("validate", "--params", "params.yaml", cwd=tmp_path)
     assert done.returncode == 1
     first = table.slice(0, 1).to_pylist()[0]
-    assert first["trajectory_id"] in done.stderr and "image_png" in done.stderr
+    assert first["trajectory_id"] in done.stderr and "image" in done.stderr
     assert shard.read_bytes() == before
     report = json.loads((tmp_path / "reports/validate/report.json").read_text())
     assert report["datasets"]["trajectories"]["success"] is False

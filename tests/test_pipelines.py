@@ -874,3 +874,21 @@ def test_generate_reads_prepared_tasks_when_compiled_with_them(tmp_path: Path, s
     with pytest.raises(ValueError, match="does not generate"):
         pipeline_arguments(params, "train", "r", {"sft_data_uri": "a", "rl_data_uri": "b",
                                                  "trajectories_uri": "c"}, tasks_uri="s3://b/prepared")  # fmt: skip
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_generate_keeps_its_units_on_s3_when_params_name_a_bucket(tmp_path: Path, shards: int) -> None:
+    """With params `s3` naming a bucket, generate (every shard of the fan-out) is compiled with that S3 config, so a
+    retried step resumes finished units (storage_s3.S3UnitMirror; tests/test_s3.py runs the retry); without one,
+    the argument is absent. The config carries no credential (they come from the environment)."""
+    generate_task = "generate-shard" if shards > 1 else "generate"
+    for bucket in ("units-bucket", ""):
+        params = parse_params({"generate": {"shards": shards}, "s3": {"bucket": bucket, "prefix": "f"}})
+        _, spec, _ = load(compile_all(tmp_path / (bucket or "none"), params)["data"])
+        given = flat_tasks(spec)[generate_task]["inputs"].get("parameters", {})
+        if not bucket:
+            assert "units_s3_json" not in given
+            continue
+        value = json.loads(given["units_s3_json"]["runtimeValue"]["constant"])
+        assert (value["bucket"], value["prefix"]) == ("units-bucket", "f")
+        assert not {k for k in value if "key" in k.lower() or "secret" in k.lower()}

@@ -66,7 +66,9 @@ def test_dataset_round_trip_is_byte_for_byte(cfg, dataset, tmp_path):
             store.upload_dir(dataset, bad)
     marker = store.upload_dir(dataset, "datasets/trajectories")
     assert store.exists("datasets/trajectories")
-    assert set(marker["files"]) == {"manifest.json", "part-00000.parquet", "part-00001.parquet", "blobs/big.bin"}
+    rows = {"manifest.json", "part-00000.parquet", "part-00001.parquet", "blobs/big.bin"}
+    images = {"images/manifest.json", "images/part-00000.parquet"}  # a trajectories dataset holds its image store
+    assert set(marker["files"]) == rows | images
 
     big_key = store.key("artifacts", "datasets/trajectories", marker["upload_id"], "blobs/big.bin")
     assert big_key.startswith("factory/artifacts/")  # the prefix, slashes trimmed
@@ -233,3 +235,34 @@ def test_dvc_remote_commands_name_the_endpoint_but_no_secret():
     assert aws[0][-1] == "s3://b-1/dvc" and not any("endpointurl" in c for c in aws)
     with pytest.raises(ValueError, match="bucket"):
         dvc_remote_commands(S3Config())
+
+
+def test_a_retried_generation_shard_resumes_its_units_from_s3_on_a_fresh_disk(cfg, tmp_path, monkeypatch):
+    """A KFP shard's disk does not outlive a failed attempt: its finished units are kept on S3, so the retry (a new
+    folder here) generates only the units that were not finished, and writes the uninterrupted shard's bytes."""
+    from editthinker.storage_s3 import S3UnitMirror
+
+    params = parse_params({"generate": {"num_tasks": 12, "max_turns": 2, "shards": 2, "unit_tasks": 2}})
+    reference = generate.run_shard(params, 0, tmp_path / "reference")  # no mirror: the uninterrupted shard
+    units = len(generate.unit_ranges(generate.shard_tasks(params, 0), 2))
+    assert units == 3
+    original, calls = generate._unit_rows, []
+
+    def crash_on_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("the pod died")
+        return original(*args, **kwargs)
+
+    mirror = S3UnitMirror(S3Store(cfg))
+    monkeypatch.setattr(generate, "_unit_rows", crash_on_second)
+    with pytest.raises(RuntimeError, match="pod died"):
+        generate.run_shard(params, 0, tmp_path / "attempt-1" / "shard", mirror=mirror)
+
+    calls.clear()
+    monkeypatch.setattr(generate, "_unit_rows", lambda *a, **k: (calls.append(1), original(*a, **k))[1])
+    retried = generate.run_shard(params, 0, tmp_path / "attempt-2" / "shard", mirror=mirror)
+    assert len(calls) == units - 1  # the unit finished before the crash came back from S3
+    assert retried["dataset_sha256"] == reference["dataset_sha256"]
+    assert file_index(tmp_path / "attempt-2" / "shard") == file_index(tmp_path / "reference")  # the image store too
+    assert S3UnitMirror.for_params(S3Config(bucket="")) is None  # no bucket: units stay on the local disk

@@ -12,7 +12,10 @@ from __future__ import annotations
 import html
 import io
 import json
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -30,15 +33,33 @@ THINKER_NONE, THINKER_EXPERT, THINKER_MODEL = "none", "expert", "model"
 
 
 class _Clock:
-    """Seconds spent inside model calls, by role: what the loop costs on top is the rest."""
+    """Seconds spent inside model calls, by role, and the time at least one call was in flight (`busy`): calls
+    can overlap (the loop's judge scores on a worker thread), so what the loop costs on top is wall - busy."""
 
     def __init__(self) -> None:
         self.spent: dict[str, float] = {"editor": 0.0, "thinker": 0.0, "judge": 0.0}
         self.calls: dict[str, int] = {"editor": 0, "thinker": 0, "judge": 0}
+        self.busy = 0.0
+        self._active, self._since, self._lock = 0, 0.0, threading.Lock()
 
-    def add(self, role: str, t0: float) -> None:
-        self.spent[role] += time.perf_counter() - t0
-        self.calls[role] += 1
+    @contextmanager
+    def timing(self, role: str) -> Iterator[None]:
+        """One call of `role`: its time counts whether it returns or raises."""
+        t0 = time.perf_counter()
+        with self._lock:
+            if self._active == 0:
+                self._since = t0
+            self._active += 1
+        try:
+            yield
+        finally:
+            t1 = time.perf_counter()
+            with self._lock:
+                self.spent[role] += t1 - t0
+                self.calls[role] += 1
+                self._active -= 1
+                if self._active == 0:
+                    self.busy += t1 - self._since
 
 
 class _TimedEditor:
@@ -46,11 +67,8 @@ class _TimedEditor:
         self.inner, self.clock, self.name, self.model_id = inner, clock, inner.name, inner.model_id
 
     def edit(self, requests: list[EditRequest]) -> list[bytes]:
-        t0 = time.perf_counter()
-        try:
+        with self.clock.timing("editor"):
             return self.inner.edit(requests)
-        finally:
-            self.clock.add("editor", t0)
 
 
 class _TimedThinker:
@@ -58,11 +76,8 @@ class _TimedThinker:
         self.inner, self.clock, self.name, self.model_id = inner, clock, inner.name, inner.model_id
 
     def think(self, requests: list[ThinkRequest]) -> list[Verdict]:
-        t0 = time.perf_counter()
-        try:
+        with self.clock.timing("thinker"):
             return self.inner.think(requests)
-        finally:
-            self.clock.add("thinker", t0)
 
 
 class _TimedJudge:
@@ -70,18 +85,12 @@ class _TimedJudge:
         self.inner, self.clock, self.name, self.model_id = inner, clock, inner.name, inner.model_id
 
     def score(self, source_png: bytes, edited_png: bytes, instruction: str, reference: str | None) -> JudgeScore:
-        t0 = time.perf_counter()
-        try:
+        with self.clock.timing("judge"):
             return self.inner.score(source_png, edited_png, instruction, reference)
-        finally:
-            self.clock.add("judge", t0)
 
     def score_many(self, requests: list[ScoreRequest]) -> list[JudgeScore]:
-        t0 = time.perf_counter()
-        try:
+        with self.clock.timing("judge"):
             return self.inner.score_many(requests)
-        finally:
-            self.clock.add("judge", t0)
 
 
 def read_png(path: Path) -> bytes:
@@ -220,13 +229,12 @@ def run(
     trace["max_turns"] = turns
     if judge_note:
         trace["judge_note"] = judge_note
-    models = sum(clock.spent.values())
     trace["timing"] = {
         "loop_s": round(wall, 4),
         "model_s": {k: round(v, 4) for k, v in clock.spent.items()},
         "calls": clock.calls,
-        "overhead_s": round(wall - models, 6),  # the loop's own cost outside model calls
-        "overhead_fraction": round((wall - models) / wall, 6) if wall > 0 else 0.0,
+        "overhead_s": round(wall - clock.busy, 6),  # the loop's own cost: no model call in flight
+        "overhead_fraction": round((wall - clock.busy) / wall, 6) if wall > 0 else 0.0,
     }
     files = {"source.png": source, "trace.json": (json.dumps(trace, indent=2) + "\n").encode()}
     files |= {f"turn-{t.turn}.png": t.image_png for t in ep.turns}

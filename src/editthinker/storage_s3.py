@@ -26,6 +26,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -282,6 +285,51 @@ class S3Store:
                 return None
             raise
         return str(r["ETag"])
+
+
+class S3UnitMirror:
+    """generate's finished units on S3, so a retried pipeline step (which starts on an empty disk) resumes them:
+    unit `<resume key>/<unit>` is artifact `units/<resume key>/<unit>`, its images artifact `.../<unit>-images`
+    (uploaded first: a unit whose marker exists has its images). Artifacts are immutable and a unit's bytes are
+    a function of the params, so a unit pushed twice (two retries racing) is one artifact, and a unit that
+    differs from what S3 holds fails loudly (`ArtifactConflict`)."""
+
+    def __init__(self, store: S3Store) -> None:
+        self.store = store
+
+    @classmethod
+    def for_params(cls, cfg: S3Config) -> S3UnitMirror | None:
+        """The mirror of params `s3`, or None when no bucket is configured (units stay on the local disk)."""
+        return cls(S3Store(cfg)) if cfg.bucket else None
+
+    def pull(self, name: str, unit_dir: Path, staged: Path) -> bool:
+        if not self.store.exists(f"units/{name}"):
+            return False
+        staged.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=staged.parent) as tmp:  # same disk: each image lands whole
+            if self.store.exists(f"units/{name}-images"):
+                got = self.store.download_dir(f"units/{name}-images", Path(tmp) / "images")
+                for f in sorted(p for p in got.rglob("*") if p.is_file()):
+                    dest = staged / f.relative_to(got)
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(f, dest)
+        self.store.download_dir(f"units/{name}", unit_dir)
+        return True
+
+    def push(self, name: str, unit_dir: Path, staged: Path, images: list[str]) -> None:
+        if images:
+            with tempfile.TemporaryDirectory(dir=staged.parent) as tmp:
+                for sha in images:
+                    rel = Path(sha[:2]) / sha  # the staged layout (generate._staged_path)
+                    (Path(tmp) / rel).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(staged / rel, Path(tmp) / rel)
+                self.store.upload_dir(Path(tmp), f"units/{name}-images")
+        self.store.upload_dir(unit_dir, f"units/{name}")
+
+
+def unit_mirror(s3_json: str) -> S3UnitMirror | None:
+    """The unit mirror a pipeline step is given as params `s3` in JSON ("" or no bucket: none)."""
+    return S3UnitMirror.for_params(S3Config.model_validate_json(s3_json)) if s3_json else None
 
 
 def dvc_remote_commands(cfg: S3Config, name: str = DVC_REMOTE_NAME) -> list[list[str]]:

@@ -40,7 +40,7 @@ import shutil
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -403,8 +403,23 @@ def task_source(params: Params, tasks: Path | None) -> TaskSource:
     return source
 
 
-def _generate_units(params: Params, indices: range, out_dir: Path, restart: bool, source: TaskSource) -> _Finished:
-    """Generate every unit of `indices` not yet finished beside `out_dir` (all of them after `restart`)."""
+class UnitMirror(Protocol):
+    """A second home for finished units, for runs whose local disk does not outlive them (a retried pipeline step
+    starts on an empty one): `storage_s3.S3UnitMirror`. `name` is `<resume key>/<unit folder>`."""
+
+    def pull(self, name: str, unit_dir: Path, staged: Path) -> bool:
+        """Put unit `name` into `unit_dir` and its images into `staged` if it is kept; whether it was."""
+        ...
+
+    def push(self, name: str, unit_dir: Path, staged: Path, images: list[str]) -> None:
+        """Keep the finished unit in `unit_dir` and its `images` (staged files, by hash)."""
+        ...
+
+
+def _generate_units(params: Params, indices: range, out_dir: Path, restart: bool, source: TaskSource,
+                    mirror: UnitMirror | None = None) -> _Finished:  # fmt: skip
+    """Generate every unit of `indices` not yet finished beside `out_dir` (or kept by `mirror`; all of them after
+    `restart`, which does not forget what `mirror` keeps: those units are the same bytes)."""
     root = units_root(out_dir)
     if restart and root.exists():
         shutil.rmtree(root)
@@ -417,6 +432,8 @@ def _generate_units(params: Params, indices: range, out_dir: Path, restart: bool
     manifests: dict[int, dict[str, Any]] = {}
     shas: dict[int, np.ndarray] = {}
     for k, d in enumerate(dirs):
+        if not (d / "manifest.json").exists() and mirror is not None:
+            mirror.pull(f"{work.name}/{d.name}", d, staged)
         if (d / "manifest.json").exists():
             manifests[k], shas[k] = _unit_manifest(read_manifest(d))
     roles: _Roles | None = None
@@ -445,6 +462,8 @@ def _generate_units(params: Params, indices: range, out_dir: Path, restart: bool
             del images
             manifests[k], shas[k] = _unit_manifest(write_dataset(d, rows, TRAJECTORY_SCHEMA, max(1, len(rows)), extra))
             del rows
+            if mirror is not None:
+                mirror.push(f"{work.name}/{d.name}", d, staged, [bytes(sha).decode("ascii") for sha in shas[k]])
             usage = sum_usage([usage, spent])
             bar.update(len(unit))
         bar.set_postfix(units=f"{len(manifests)}/{len(units)}", spent=f"{_spent(usage)[0]:.4g}")
@@ -486,13 +505,14 @@ def _write(params: Params, out_dir: Path, rows: Iterable[dict[str, Any]], n_rows
     return write_dataset(out_dir, rows, TRAJECTORY_SCHEMA, per_shard, extra, _store_writer(images))
 
 
-def run(params: Params, out_dir: Path, restart: bool = False, tasks: Path | None = None) -> dict[str, Any]:
+def run(params: Params, out_dir: Path, restart: bool = False, tasks: Path | None = None,
+        mirror: UnitMirror | None = None) -> dict[str, Any]:  # fmt: skip
     """The trajectories of all tasks (the world's, or the prepared folder `tasks`'s) at `out_dir`, with their
     image store in `out_dir/images`, resuming the finished units of an earlier run of the same params and tasks
-    (`restart`: generate every unit again)."""
+    (`restart`: generate every unit again), kept beside `out_dir` or by `mirror`."""
     with writer_lock(out_dir):
         source = task_source(params, tasks)
-        done = _generate_units(params, range(source.count), out_dir, restart, source)
+        done = _generate_units(params, range(source.count), out_dir, restart, source, mirror)
         lineage = make_lineage("generate", params, SECTIONS, _inputs(tasks), done.models)
         manifest = _write(params, out_dir, done.iter_rows(), done.rows, lineage, done.usage, done.images, source.count)
         shutil.rmtree(units_root(out_dir), ignore_errors=True)
@@ -510,17 +530,18 @@ def shard_tasks(params: Params, shard: int, count: int | None = None) -> range:
 
 
 def run_shard(params: Params, shard: int, out_dir: Path, restart: bool = False,
-              tasks: Path | None = None) -> dict[str, Any]:  # fmt: skip
+              tasks: Path | None = None, mirror: UnitMirror | None = None) -> dict[str, Any]:  # fmt: skip
     """One generation shard (for a fan-out): the rows of `shard_tasks(params, shard)`, as one parquet file, with
     the images they refer to in `out_dir/images`.
 
-    Its units live beside `out_dir` until it is written, so a retried shard resumes them. `gather` over all
-    shards' outputs writes the same dataset, byte for byte, as `run`.
+    Its units live beside `out_dir` until it is written, and with `mirror` (a pipeline step: S3) also there, so a
+    retried shard resumes them even on a fresh disk. `gather` over all shards' outputs writes the same dataset,
+    byte for byte, as `run`.
     """
     with writer_lock(out_dir):
         source = task_source(params, tasks)
         indices = shard_tasks(params, shard, source.count)
-        done = _generate_units(params, indices, out_dir, restart, source)
+        done = _generate_units(params, indices, out_dir, restart, source, mirror)
         extra: dict[str, Any] = {
             "generate_shard": {
                 "shard": shard,
