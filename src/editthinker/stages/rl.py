@@ -157,7 +157,8 @@ def _run(params: Params, rl_data: Path, sft_checkpoint: Path, out_dir: Path, ima
 
 
 def _mean(xs: list[float]) -> float | None:
-    xs = [x for x in xs if not math.isnan(x)]  # a diagnostic that applied to no sample of a step logs NaN
+    xs = [x for x in xs if not math.isnan(x)]  # a step where a diagnostic applied to no sample: None (dropped by
+    # `series`) from trl, NaN from a logger that averages without skipping
     return sum(xs) / len(xs) if xs else None
 
 
