@@ -126,3 +126,14 @@ def test_the_cli_names_the_training_logs_variable_the_trainer_reads() -> None:
     from editthinker import cli
 
     assert f'"{TRAINING_LOGS_ENV}"' in inspect.getsource(cli._run_stage_process)
+
+
+def test_report_metrics_logs_each_number_and_writes_the_same_as_json(tmp_path) -> None:
+    """What the sft, rl and evaluate steps show: every scalar through the logger, and the same numbers in a file."""
+    from editthinker.summaries import report_metrics
+
+    logged: list[tuple[str, float]] = []
+    path = tmp_path / "deep" / "metrics"
+    report_metrics({"steps": 3.0, "loss": 0.5}, lambda k, v: logged.append((k, v)), path)
+    assert logged == [("steps", 3.0), ("loss", 0.5)]
+    assert json.loads(path.read_text()) == {"steps": 3.0, "loss": 0.5}

@@ -20,14 +20,10 @@ def evaluate(
 
     from editthinker.config import parse_params
     from editthinker.stages import evaluate as stage
+    from editthinker.summaries import report_metrics
 
     params = parse_params(json.loads(params_json))
     result = stage.run(params, Path(sft_checkpoint.path), Path(rl_checkpoint.path), Path(evaluation.path))
-    scalars = stage.scalar_metrics(result)
-    for name, value in scalars.items():
-        metrics.log_metric(name, value)
-    # a file too: an artifact without one is a cache miss for kfp.local, and nothing to browse for the UI
-    Path(metrics.path).parent.mkdir(parents=True, exist_ok=True)
-    Path(metrics.path).write_text(json.dumps(scalars, indent=2) + "\n")
+    report_metrics(stage.scalar_metrics(result), metrics.log_metric, Path(metrics.path))
     Path(summary.path).parent.mkdir(parents=True, exist_ok=True)
     Path(summary.path).write_text((Path(evaluation.path) / "summary.md").read_text())

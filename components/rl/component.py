@@ -19,16 +19,12 @@ def rl(
     """GRPO from the SFT checkpoint on RL step samples; on several GPUs (num_processes > 1) under
     `accelerate launch` with accelerate_config. Logs the final metrics; the DVCLive curves go to training_log.
     `trajectories`: the generated dataset whose image store (its images/) the step samples refer to."""
-    import json
     from pathlib import Path
 
     from editthinker.launch import run_training, scalar_metrics
+    from editthinker.summaries import report_metrics
 
     inputs = [Path(rl_data.path), Path(sft_checkpoint.path), Path(trajectories.path) / "images"]
     result = run_training("rl", params_json, inputs, Path(checkpoint.path), num_processes, accelerate_config,
                           Path(training_log.path))  # fmt: skip
-    scalars = scalar_metrics(result)
-    for name, value in scalars.items():
-        metrics.log_metric(name, value)
-    Path(metrics.path).parent.mkdir(parents=True, exist_ok=True)  # a file too: kfp.local caches on it
-    Path(metrics.path).write_text(json.dumps(scalars, indent=2) + "\n")
+    report_metrics(scalar_metrics(result), metrics.log_metric, Path(metrics.path))

@@ -7,6 +7,7 @@ the output went. A stage this module does not know gets its scalar results as `k
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -149,3 +150,12 @@ def describe(stage: str, result: Any, outputs: Sequence[str | Path] = ()) -> str
             text = _scalars(result)
     where = f" -> {', '.join(str(o) for o in outputs)}" if outputs else ""
     return f"{stage} done: {text}{where}"
+
+
+def report_metrics(scalars: Mapping[str, float], log_metric: Callable[[str, float], None], path: Path) -> None:
+    """What a pipeline step shows of its numbers: each through `log_metric` (KFP's `Metrics.log_metric`), and the
+    same as JSON at `path` (an artifact without a file is a cache miss for kfp.local, and nothing to browse)."""
+    for name, value in scalars.items():
+        log_metric(name, value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dict(scalars), indent=2) + "\n")
