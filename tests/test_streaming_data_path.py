@@ -129,3 +129,78 @@ def test_vectorised_filter_plan_matches_filter_trajectory_row_by_row():
         fast, slow = {"kept": 0, "dropped": 0, "truncated_turns": 0}, {"kept": 0, "dropped": 0, "truncated_turns": 0}
         assert filter_stage.plan(table, cfg, fast) == filter_stage.plan_rows(table, cfg, slow)
         assert fast == slow and slow["kept"] and slow["dropped"] and slow["truncated_turns"]
+
+
+def _random_summary(rng, n_trajectories, seed):
+    """A pass-1 summary built by hand: random trajectories of 1-4 step samples, task types (one null), semantic
+    scores on the bands' edges and NaN, variances around the threshold; ids read again by list lookups."""
+    import numpy as np
+    import pyarrow as pa
+
+    sample_ids, groups, trajectory, triples = [], [], [], []
+    tasks = ["add", "remove", "recolor", None]
+    for t in range(n_trajectories):
+        for step in range(1, rng.randint(1, 4) + 1):
+            task, semantic = rng.choice(tasks), rng.choice([0.0, 3.9, 4.0, 7.9, 8.0, 10.0, float("nan")])
+            sid = f"traj-{t:05d}-s{step}"
+            sample_ids.append(sid)
+            triples.append((sid, task, semantic))
+            band = split._band_codes(pa.array([semantic], pa.float64()))[0]
+            groups.append(tasks.index(task) * split.BANDS + band)
+            trajectory.append(t)
+    trajectory_ids = [f"traj-{t:05d}" for t in range(n_trajectories)]
+    summary = split._Summary.__new__(split._Summary)
+    summary.seed = seed
+    summary.groups, summary.trajectory = np.array(groups, np.int32), np.array(trajectory, np.int64)
+    summary.keys = split._rank_keys(sample_ids, seed)
+    summary.trajectory_keys = split._rank_keys(trajectory_ids, seed)
+    summary.variance = np.array([rng.choice([0.0, 0.5, 1.0, 6.0, 9.0]) for _ in range(n_trajectories)])
+    summary.sample_ids_at = lambda rows: [sample_ids[r] for r in rows.tolist()]
+    summary.trajectory_ids_at = lambda rows: [trajectory_ids[r] for r in rows.tolist()]
+    return summary, triples, sample_ids, trajectory_ids
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+@pytest.mark.parametrize("tie_keys", [False, True])
+def test_array_choices_of_pass_one_match_the_reference_set_functions(seed, tie_keys):
+    """The split's pass 1 decides with arrays (8-byte rank keys, group codes): the RL trajectories and the balanced
+    samples are the ones pick_rl_ids and balanced_ids choose, over groups that are capped and not; also when
+    rank keys tie (forced here by cutting them to 4 bits), which whole digests of the ids settle."""
+    import random
+
+    import numpy as np
+
+    rng = random.Random(seed)
+    summary, triples, sample_ids, trajectory_ids = _random_summary(rng, 3000, seed)
+    if tie_keys:
+        summary.keys, summary.trajectory_keys = summary.keys >> np.uint64(60), summary.trajectory_keys >> np.uint64(60)
+    for threshold, fraction in ((0.7, 0.2), (0.7, 1.0), (5.0, 0.05)):
+        mask = split._rl_trajectories(summary, threshold, fraction)
+        want = split.pick_rl_ids(list(zip(trajectory_ids, summary.variance.tolist(), strict=True)), threshold,
+                                 fraction, seed)  # fmt: skip
+        assert {trajectory_ids[k] for k in np.flatnonzero(mask)} == want and want
+    for ratio in (0.5, 1.0, 3.0):
+        rows = np.flatnonzero(summary.trajectory % 3 != 0)  # a subset, as one split's samples are
+        kept = split._balanced_rows(summary, rows, ratio)
+        want = split.balanced_ids([triples[k] for k in rows.tolist()], ratio, seed)
+        assert {sample_ids[k] for k in kept.tolist()} == want
+        assert ratio > 1 or len(want) < len(rows)  # a capped case is among them
+
+
+def test_ids_read_again_for_tied_keys_are_the_ids_of_those_rows(generated, tmp_path):
+    """Where rank keys tie, pass 1 reads ids again from the data: the ids at any rows are the step samples' ids."""
+    import numpy as np
+
+    params, trajectories = generated
+    filter_stage.run(params, trajectories, tmp_path / "filtered")
+    summary = split._Summary(tmp_path / "filtered", 0, 7)
+    steps = split.step_samples(next(iter(split.iter_trajectory_tables(tmp_path / "filtered"))))
+    all_ids = [sid for t in split.iter_trajectory_tables(tmp_path / "filtered")
+               for sid in split.step_samples(t).column("sample_id").to_pylist()]  # fmt: skip
+    rows = np.array([len(all_ids) - 1, 0, 5, len(steps) + 3])
+    assert summary.sample_ids_at(rows) == [all_ids[r] for r in rows.tolist()]
+    sampled = summary.sampled_ids.to_pylist()
+    assert sampled == [all_ids[r] for r in summary.sampled_rows.tolist()]
+    assert len(all_ids) / 7 * 0.7 < len(sampled) < len(all_ids) / 7 * 1.3  # about one in 7
+    traj_ids = list(dict.fromkeys(sid.rsplit("-s", 1)[0] for sid in all_ids))
+    assert summary.trajectory_ids_at(np.array([2, 0, len(traj_ids) - 1])) == [traj_ids[2], traj_ids[0], traj_ids[-1]]

@@ -30,6 +30,7 @@ from editthinker.storage import writer_lock
 SECTIONS = sections_of("split")
 ROWS_PER_SHARD = 4096
 SPILL_ROWS = 16 * ROWS_PER_SHARD  # rows per sorted-run bucket of the second pass (memory: one bucket)
+SPILL_SAMPLE = 32  # the bucket bounds come from one in this many sample_ids (so they need not all be kept)
 # the columns the first pass reads (no images)
 SUMMARY_COLUMNS = ["trajectory_id", "turn", "overall", "semantic", "has_critique", "task_type"]
 CARRIED = ("trajectory_id", "task_id", "source", "task_type", "editor", "seed")  # copied from the turn as they are
@@ -156,30 +157,147 @@ class _Runs:
         self.steps = self.order[critique[self.order]]
 
 
-def _summaries(filtered: Path) -> tuple[list[tuple[str, float]], list[tuple[str, str, float, str]], list[int]]:
-    """Pass 1 (small columns): (trajectory_id, score variance) of every trajectory with a step sample,
-    (sample_id, task_type, target_semantic, trajectory_id) of every step sample, in the order `step_samples` gives
-    them table by table, and the number of step samples of each table of `iter_trajectory_tables`."""
-    variances: list[tuple[str, float]] = []
-    samples: list[tuple[str, str, float, str]] = []
-    per_table: list[int] = []
+BANDS = 3  # score_band's low, mid, high
+
+
+def _band_codes(semantic: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """score_band of every value as 0 (low), 1 (mid), 2 (high), vectorised (NaN is "high" in both)."""
+    if semantic.null_count:
+        raise ValueError("split: a step sample has no semantic score (a critiqued turn with a null `semantic`)")
+    s = pc.cast(semantic, pa.float64()).to_numpy()
+    return np.where(s < 4, 0, np.where(s < 8, 1, 2)).astype(np.int32)
+
+
+def _rank_keys(ids: list[str], seed: int) -> np.ndarray:
+    """The first 8 bytes of sha256("seed:id") of every id as uint64: they order as _ranked's digests do, up to
+    ties (which _first_ranked_rows settles with whole digests)."""
+    prefix = f"{seed}:".encode()
+    joined = b"".join(hashlib.sha256(prefix + i.encode()).digest()[:8] for i in ids)
+    return np.frombuffer(joined, dtype=">u8").astype(np.uint64)
+
+
+def _tables_with_steps(filtered: Path) -> Iterator[tuple[pa.Table, _Runs | None, pa.Table]]:
+    """(table, its runs (None when empty), its step-sample rows) of every table of `iter_trajectory_tables` over
+    the small columns, in the order `step_samples` gives the samples."""
     for table in iter_trajectory_tables(filtered, SUMMARY_COLUMNS):
-        before = len(samples)
-        per_table.append(0)
-        if not len(table):
-            continue
-        runs = _Runs(table)
-        steps = table.take(pa.array(runs.steps, pa.int64()))
-        tids = steps.column("trajectory_id")
-        sids = pc.binary_join_element_wise(tids, pc.cast(pc.add(steps.column("turn"), 1), pa.string()), "-s")
-        with_steps = np.unique(runs.run[runs.steps])  # the runs with a step sample, in order
-        first_rows = pa.array(runs.order[np.r_[0, runs.starts][with_steps]], pa.int64())
-        variances.extend(zip(table.column("trajectory_id").take(first_rows).to_pylist(),
-                             runs.variance[with_steps].tolist(), strict=True))  # fmt: skip
-        samples.extend(zip(sids.to_pylist(), steps.column("task_type").to_pylist(),
-                           steps.column("semantic").to_pylist(), tids.to_pylist(), strict=True))  # fmt: skip
-        per_table[-1] = len(samples) - before
-    return variances, samples, per_table
+        runs = _Runs(table) if len(table) else None
+        steps = table.take(pa.array(runs.steps if runs else [], pa.int64()))
+        yield table, runs, steps
+
+
+def _sample_ids(steps: pa.Table) -> pa.Array:
+    tids, step = steps.column("trajectory_id"), pc.cast(pc.add(steps.column("turn"), 1), pa.string())
+    return pc.binary_join_element_wise(tids, step, "-s").combine_chunks()
+
+
+class _Summary:
+    """Pass 1 over the small columns, in arrays: per step sample (in the order `step_samples` gives them) its
+    (task type, score band) group code, trajectory index and rank key (_rank_keys of its id), 14 bytes; per
+    trajectory with a step sample its score variance and rank key; about one sample_id in `id_every` (those whose
+    rank key is a multiple of it: a random sample) with its position (`sampled_rows`, `sampled_ids`: they place the
+    spill's bucket bounds). Ids are read again only where two rank keys tie (`sample_ids_at`, `trajectory_ids_at`)."""
+
+    def __init__(self, filtered: Path, seed: int, id_every: int) -> None:
+        self.filtered, self.seed = filtered, seed
+        groups, trajectory, keys, trajectory_keys, variance = [], [], [], [], []
+        sampled_rows: list[np.ndarray] = []
+        sampled_ids: list[pa.Array] = []
+        task_codes: dict[str | None, int] = {}
+        self.per_table: list[int] = []
+        samples = trajectories = 0  # so far
+        for table, runs, steps in _tables_with_steps(filtered):
+            self.per_table.append(len(steps))
+            if runs is None or not len(steps):
+                continue
+            sids = _sample_ids(steps)
+            keys.append(_rank_keys(sids.to_pylist(), seed))
+            local = np.flatnonzero(keys[-1] % np.uint64(id_every) == 0)  # a hash sample: no aliasing with the rows
+            tasks = pc.dictionary_encode(steps.column("task_type").combine_chunks(), null_encoding="encode")
+            codes = np.array([task_codes.setdefault(t, len(task_codes)) for t in tasks.dictionary.to_pylist()],
+                             dtype=np.int32)  # fmt: skip
+            group = codes[tasks.indices.to_numpy(zero_copy_only=False)] * BANDS + _band_codes(steps.column("semantic"))
+            groups.append(group.astype(np.int16))  # checked below: a few dozen task types at most
+            with_steps = np.unique(runs.run[runs.steps])  # the runs with a step sample, in order
+            first_rows = pa.array(runs.order[np.r_[0, runs.starts][with_steps]], pa.int64())
+            trajectory_keys.append(_rank_keys(table.column("trajectory_id").take(first_rows).to_pylist(), seed))
+            variance.append(runs.variance[with_steps])
+            trajectory.append((trajectories + np.searchsorted(with_steps, runs.run[runs.steps])).astype(np.int32))
+            sampled_rows.append(samples + local)
+            sampled_ids.append(sids.take(pa.array(local, pa.int64())))
+            samples += len(steps)
+            trajectories += len(with_steps)
+
+        if len(task_codes) * BANDS > np.iinfo(np.int16).max:
+            raise ValueError(f"split: {len(task_codes)} task types: too many to balance (at most 10,922)")
+
+        def joined(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
+            return np.concatenate(parts) if parts else np.zeros(0, dtype)
+
+        self.groups, self.trajectory = joined(groups, np.int16), joined(trajectory, np.int32)
+        self.keys, self.trajectory_keys = joined(keys, np.uint64), joined(trajectory_keys, np.uint64)
+        self.variance, self.sampled_rows = joined(variance, np.float64), joined(sampled_rows, np.int64)
+        self.sampled_ids = pa.chunked_array(sampled_ids, pa.string())
+
+    def sample_ids_at(self, rows: np.ndarray) -> list[str]:
+        """The sample_ids of step samples `rows` (read again: only for tied rank keys)."""
+        return self._ids_at(rows, lambda table, runs, steps: _sample_ids(steps))
+
+    def trajectory_ids_at(self, trajectories: np.ndarray) -> list[str]:
+        """The trajectory_ids of trajectories `trajectories` (read again: only for tied rank keys)."""
+
+        def ids(table: pa.Table, runs: _Runs, steps: pa.Table) -> pa.Array:
+            with_steps = np.unique(runs.run[runs.steps])
+            return table.column("trajectory_id").take(pa.array(runs.order[np.r_[0, runs.starts][with_steps]]))
+
+        return self._ids_at(trajectories, ids)
+
+    def _ids_at(self, positions: np.ndarray, ids_of: Any) -> list[str]:
+        found: dict[int, str] = {}
+        wanted, start = np.sort(positions), 0
+        for table, runs, steps in _tables_with_steps(self.filtered):
+            if runs is None or not len(steps):
+                continue
+            ids = ids_of(table, runs, steps)
+            mine = wanted[(wanted >= start) & (wanted < start + len(ids))]
+            found.update(zip(mine.tolist(), ids.take(pa.array(mine - start, pa.int64())).to_pylist(), strict=True))
+            start += len(ids)
+        return [found[p] for p in positions.tolist()]
+
+
+def _first_ranked_rows(keys: np.ndarray, rows: np.ndarray, seed: int, count: int, ids_at: Any) -> np.ndarray:
+    """_first_ranked over the items at `rows` (indices into `keys`, their _rank_keys), as those indices: all of
+    them when there are no more than `count`, else the first `count` by sha256("seed:id"): by key, and where two
+    keys tie (sha256 makes it vanishingly rare) by whole digests of the ids (`ids_at(rows)` reads them)."""
+    if len(rows) <= count:
+        return rows
+    order = np.argsort(keys[rows], kind="stable")
+    ranked = keys[rows][order]
+    if (ranked[1:] == ranked[:-1]).any():
+        by_id = dict(zip(ids_at(rows), rows.tolist(), strict=True))
+        return np.array([by_id[i] for i in _ranked(list(by_id), seed)[:count]], dtype=np.int64)
+    return rows[order[:count]]
+
+
+def _rl_trajectories(summary: _Summary, threshold: float, max_fraction: float) -> np.ndarray:
+    """pick_rl_ids over pass 1's trajectories, as a mask of them."""
+    candidates = np.flatnonzero(summary.variance > threshold)
+    count = int(max_fraction * len(summary.variance))
+    chosen = _first_ranked_rows(summary.trajectory_keys, candidates, summary.seed, count, summary.trajectory_ids_at)
+    mask = np.zeros(len(summary.variance), dtype=bool)
+    mask[chosen] = True
+    return mask
+
+
+def _balanced_rows(summary: _Summary, rows: np.ndarray, max_ratio: float) -> np.ndarray:
+    """balanced_ids over the step samples at `rows`, as the kept rows (sorted)."""
+    if not len(rows):
+        return rows
+    groups = summary.groups[rows]
+    sizes = np.bincount(groups)
+    cap = max(1, int(max_ratio * median(sizes[sizes > 0].tolist())))
+    keep = [_first_ranked_rows(summary.keys, rows[groups == g], summary.seed, cap, summary.sample_ids_at)
+            for g in np.flatnonzero(sizes)]  # fmt: skip
+    return np.sort(np.concatenate(keep))
 
 
 def step_samples(table: pa.Table) -> pa.Table:
@@ -227,14 +345,23 @@ def _thinker_texts(reason: Any, semantic: Any, quality: Any, answer: Any) -> pa.
     return pc.binary_join_element_wise(*parts, "")
 
 
+def _spill_sample() -> int:
+    """One in this many sample_ids is kept to place the spill's bucket bounds (1 when buckets are tiny)."""
+    return max(1, min(SPILL_SAMPLE, SPILL_ROWS // 16))
+
+
 class _SortedSpill:
     """Rows of one split, bucketed by sample_id range into Arrow IPC files under `folder` (each bucket holds
     about SPILL_ROWS rows), then read back bucket by bucket, each sorted: the rows in sample_id order with
     memory for one bucket."""
 
-    def __init__(self, folder: Path, name: str, sorted_ids: list[str]) -> None:
+    def __init__(self, folder: Path, name: str, ids: pa.Array) -> None:
+        """`ids`: a random sample of the rows' sample_ids, one in _spill_sample() of them (any bounds give the same
+        sorted output; the sample only sets the buckets' sizes, about SPILL_ROWS rows each)."""
         self.folder, self.name = folder, name
-        self.bounds = sorted_ids[SPILL_ROWS::SPILL_ROWS]
+        step = max(1, SPILL_ROWS // _spill_sample())
+        every = pc.sort_indices(ids).to_numpy()[step::step]
+        self.bounds = ids.take(pa.array(every, pa.int64())).to_pylist()  # every SPILL_ROWS-th id, about
         self.writers: dict[int, Any] = {}
 
     def add(self, table: pa.Table) -> None:
@@ -258,36 +385,38 @@ class _SortedSpill:
             yield table.take(pc.sort_indices(table, sort_keys=[("sample_id", "ascending")]))
             del table
             self._path(b).unlink()
+            pa.default_memory_pool().release_unused()  # the allocator keeps freed buckets otherwise
 
 
 def _run(params: Params, filtered: Path, sft_dir: Path, rl_dir: Path) -> dict[str, Any]:
     """Pass 1 reads the small columns and decides (RL trajectories, balanced samples, output order); pass 2
     streams the step samples into sorted buckets; each output is then written bucket by bucket. Memory:
-    O(step samples x an id), a shard and a bucket of rows, never the whole dataset."""
+    pass 1's arrays (14 bytes a step sample, and a sample of the ids), a shard and a bucket of rows, never the
+    whole dataset."""
     cfg = params.split
-    variances, summaries, per_table = _summaries(filtered)
-    rl_ids = pick_rl_ids(variances, cfg.rl_variance_threshold, cfg.rl_max_fraction, cfg.seed)
-    del variances
+    summary = _Summary(filtered, cfg.seed, _spill_sample())
+    per_table = summary.per_table
+    rl_mask = _rl_trajectories(summary, cfg.rl_variance_threshold, cfg.rl_max_fraction)
+    in_rl = rl_mask[summary.trajectory]  # of every step sample
     names = ("sft", "rl")
     unbalanced = {name: 0 for name in names}
     # where each step sample goes, in pass 1's order (which is pass 2's): 0 nowhere, k the k-th of `names`
-    destination = np.zeros(len(summaries), dtype=np.int8)
-    order: dict[str, list[str]] = {}
+    destination = np.zeros(len(summary.groups), dtype=np.int8)
     for code, name in enumerate(names, 1):
-        mine = [k for k, (*_, tid) in enumerate(summaries) if (tid in rl_ids) == (name == "rl")]
+        mine = np.flatnonzero(in_rl == (name == "rl"))
         unbalanced[name] = len(mine)
-        kept = balanced_ids((summaries[k][:3] for k in mine), cfg.balance_max_group_ratio, cfg.seed)
-        destination[[k for k in mine if summaries[k][0] in kept]] = code
-        order[name] = sorted(kept)
-        del kept, mine
-    trajectories = len({tid for *_, tid in summaries})
-    del summaries
+        destination[_balanced_rows(summary, mine, cfg.balance_max_group_ratio)] = code
+    # the sampled ids of each output's rows (they place its spill's bucket bounds)
+    kept_ids = {name: summary.sampled_ids.filter(pa.array(destination[summary.sampled_rows] == code))
+                for code, name in enumerate(names, 1)}  # fmt: skip
+    trajectories, rl_trajectories = len(rl_mask), int(rl_mask.sum())
+    del summary, in_rl
     models = read_manifest(filtered)["lineage"]["models"]
     lineage = make_lineage("split", params, SECTIONS, {"filtered": filtered}, models)
-    result: dict[str, Any] = {"trajectories": trajectories, "rl_trajectories": len(rl_ids)}
+    result: dict[str, Any] = {"trajectories": trajectories, "rl_trajectories": rl_trajectories}
     with tempfile.TemporaryDirectory(prefix="editthinker-split-") as spill_dir:
-        spills = {name: _SortedSpill(Path(spill_dir), name, order[name]) for name in names}
-        del order
+        spills = {name: _SortedSpill(Path(spill_dir), name, kept_ids[name]) for name in names}
+        del kept_ids
         start = 0
         for k, table in enumerate(iter_trajectory_tables(filtered)):
             samples = step_samples(table)
