@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from editthinker.backends.synthetic import SyntheticEditor, SyntheticExpert, SyntheticJudge
 from editthinker.config import (
@@ -35,6 +36,14 @@ def build_editor(cfg: AnyEditorConfig, image_size: int) -> Editor:
     if cfg.kind == "synthetic":
         return SyntheticEditor(cfg.name, cfg.profile, image_size)
     raise ValueError(f"editors: unknown editor kind {cfg.kind!r}")
+
+
+def close_roles(*roles: Any) -> None:
+    """Close the roles that hold connections (API clients, HTTP editors); the others have nothing to close."""
+    for role in roles:
+        close = getattr(role, "close", None)
+        if callable(close):
+            close()
 
 
 def build_editors(params: Params) -> dict[str, Editor]:

@@ -25,7 +25,9 @@ quality PQ = min(naturalness, artifacts), each 0-10, overall sqrt(SC * PQ); an a
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -155,9 +157,24 @@ def png_data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
+_OPEN_CLIENTS: set[OpenAIChatClient] = set()  # held until closed: an aiohttp session must be closed, not collected
+
+
+@atexit.register
+def _close_open_clients() -> None:
+    """Close the clients their owners left open (at exit the loop threads still run)."""
+    for client in list(_OPEN_CLIENTS):
+        with contextlib.suppress(Exception):
+            client.close()
+
+
 class OpenAIChatClient:
+    """Chat completions through the openai SDK on an event loop of its own thread, at `cfg.concurrency`. Its HTTP
+    transport is aiohttp (the SDK's DefaultAioHttpClient): at 16 requests in flight httpx's connection pool costs
+    about twice the client CPU per call (bench/bench.py's API figures)."""
+
     def __init__(self, cfg: OpenAIAPIConfig, role: str):
-        from openai import AsyncOpenAI, DefaultAsyncHttpxClient
+        from openai import AsyncOpenAI, DefaultAioHttpClient
 
         self.cfg = cfg
         self.role = role
@@ -173,7 +190,7 @@ class OpenAIChatClient:
             api_key=key or _NO_KEY,
             timeout=cfg.timeout_s,
             max_retries=cfg.max_retries,
-            http_client=DefaultAsyncHttpxClient(event_hooks={"request": [self._on_request]}),
+            http_client=DefaultAioHttpClient(event_hooks={"request": [self._on_request]}),
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"openai-{role}", daemon=True)
@@ -181,6 +198,7 @@ class OpenAIChatClient:
         self._sem = asyncio.Semaphore(cfg.concurrency)
         self._closed = False
         self._inflight: dict[str, asyncio.Future[ChatResult]] = {}
+        _OPEN_CLIENTS.add(self)
 
     async def _on_request(self, request: Any) -> None:
         """Every HTTP attempt passes here; the SDK numbers its retries in a header."""
@@ -201,6 +219,7 @@ class OpenAIChatClient:
     def close(self) -> None:
         if self._closed:
             return
+        _OPEN_CLIENTS.discard(self)
         self.run_sync(self._client.close())
         self._closed = True
         self._loop.call_soon_threadsafe(self._loop.stop)

@@ -16,7 +16,7 @@ from typing import Any
 from scipy.stats import binomtest
 from tqdm import tqdm
 
-from editthinker.backends.factory import build_editors, build_expert, build_judge, load_vlm_thinker
+from editthinker.backends.factory import build_editors, build_expert, build_judge, close_roles, load_vlm_thinker
 from editthinker.config import Params
 from editthinker.lineage import make_lineage, verify_checkpoint
 from editthinker.loop import Episode, EpisodeStart, run_episodes
@@ -240,6 +240,7 @@ def _run(params: Params, sft_checkpoint: Path, rl_checkpoint: Path, out_dir: Pat
         systems[system]["all"] = summarise(everything, params)
         curves[system] = score_by_turn(everything, ev.max_turns)
     bar.close()
+    close_roles(*editors.values(), judge, *thinkers.values())
     models = {f"editor:{n}": e.model_id for n, e in editors.items()}
     models.update({s: t.model_id for s, t in thinkers.items() if t is not None}, judge=judge.model_id)
     inputs = {"sft_checkpoint": sft_checkpoint, "rl_checkpoint": rl_checkpoint}

@@ -45,7 +45,7 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
-from editthinker.backends.factory import build_editors, build_expert, build_judge
+from editthinker.backends.factory import build_editors, build_expert, build_judge, close_roles
 from editthinker.backends.openai_api import OpenAICallError
 from editthinker.config import Params
 from editthinker.images import ImageStore, image_record, merge_stores, sha256_bytes, store_ref, write_image_store
@@ -271,6 +271,9 @@ class _Roles:
     def build(cls, params: Params) -> _Roles:
         return cls(build_editors(params), build_expert(params.expert, params.generate.seed), build_judge(params.judge))
 
+    def close(self) -> None:
+        close_roles(*self.editors.values(), self.expert, self.judge)
+
     def models(self) -> dict[str, str]:
         models = {f"editor:{n}": e.model_id for n, e in self.editors.items()}
         models.update(expert=self.expert.model_id, judge=self.judge.model_id)
@@ -469,9 +472,12 @@ def _generate_units(params: Params, indices: range, out_dir: Path, restart: bool
         bar.set_postfix(units=f"{len(manifests)}/{len(units)}", spent=f"{_spent(usage)[0]:.4g}")
     finally:
         bar.close()
+        if roles is not None:
+            roles.close()
     ordered = [manifests[k] for k in range(len(units))]
     if roles is None and not ordered:  # a shard without tasks
         roles = _Roles.build(params)
+        roles.close()
     models = roles.models() if roles is not None else ordered[0]["models"]
     for d, m in zip(dirs, ordered, strict=True):
         if m["models"] != models:
