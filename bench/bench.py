@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICK = {
     "generate": {"num_tasks": 24, "shards": 1},
     "sft": {"max_steps": 4},
-    "rl": {"max_steps": 2},
+    "rl": {"max_steps": 2, "select": {"num_tasks": 4, "max_turns": 2}},
     "evaluate": {"num_tasks": 6, "max_turns": 2},
 }
 

@@ -8,6 +8,11 @@ evaluates both checkpoints on every world seed of the held-out benchmark (`evalu
 prints the table: per system, success % and overall as mean and sample standard deviation over the training
 seeds; per paired comparison, the mean difference, the range of the runs' 95% intervals, and in how many runs the
 interval lies above 0. Every stage runs through the `editthinker` CLI, as `make demo` does.
+
+The rl stage chooses its output (rl.select: the RL model, or its SFT start when RL did worse on validation tasks of
+the training scenes). Where it chose SFT, the RL model as trained is made again without that choice
+(`rl.select=null`, the same seed and data: the same model) and evaluated too, as the row `editor+rl as trained`: the
+table shows what GRPO itself did as well as what the stage ships.
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEMS = ("editor", "editor+sft", "editor+rl", "editor+expert")
 PAIRS = ("editor+rl - editor", "editor+sft - editor", "editor+rl - editor+sft")
+# the RL model as GRPO left it, before rl.select chose between it and its SFT start (the same model where RL was kept)
+AS_TRAINED = "editor+rl as trained"
 # --quick: a smoke run of the whole script (CI); its figures mean nothing
-QUICK = ["generate.num_tasks=24", "generate.shards=1", "sft.max_steps=4", "rl.max_steps=2", "evaluate.num_tasks=6",
-         "evaluate.max_turns=2"]  # fmt: skip
+QUICK = ["generate.num_tasks=24", "generate.shards=1", "sft.max_steps=4", "rl.max_steps=2", "rl.select.num_tasks=4",
+         "evaluate.num_tasks=6", "evaluate.max_turns=2"]  # fmt: skip
 
 
 def cli(work: Path, args: list[str], params: list[str]) -> None:
@@ -52,7 +59,9 @@ def table(runs: list[dict[str, Any]], world_seeds: list[int], train_seeds: list[
         n = rs[0]["items"]
         out += [f"\n### World seed {w} ({n} items)\n", "| system | success % | overall | format failures |",
                 "|---|---|---|---|"]  # fmt: skip
-        for s in SYSTEMS:
+        for s in (*SYSTEMS, AS_TRAINED):
+            if not all(s in r["systems"] for r in rs):
+                continue
             succ = [100 * r["systems"][s]["success_rate"] for r in rs]
             ovr = [r["systems"][s]["overall"] for r in rs]
             fails = [r["systems"][s]["format_failures"] for r in rs]
@@ -60,7 +69,9 @@ def table(runs: list[dict[str, Any]], world_seeds: list[int], train_seeds: list[
         out += ["", "| paired b - a | success points: mean [lowest CI low, highest CI high] | interval above 0 |"
                 " interval below 0 | overall: mean | overall interval above 0 | below 0 |",
                 "|---|---|---|---|---|---|---|"]  # fmt: skip
-        for p in PAIRS:
+        for p in (*PAIRS, f"{AS_TRAINED} - editor+sft"):
+            if not all(p in r["paired"] for r in rs):
+                continue
             d = [r["paired"][p] for r in rs]
             pts = [100 * x["success_rate"]["mean"] for x in d]
             lo = min(100 * x["success_rate"]["low"] for x in d)
@@ -72,6 +83,11 @@ def table(runs: list[dict[str, Any]], world_seeds: list[int], train_seeds: list[
             o_mean = statistics.fmean(x["overall"]["mean"] for x in d)
             out.append(f"| {p} | {statistics.fmean(pts):+.1f} [{lo:+.1f}, {hi:+.1f}] | {above}/{len(d)} | "
                        f"{below}/{len(d)} | {o_mean:+.2f} | {o_above}/{len(d)} | {o_below}/{len(d)} |")  # fmt: skip
+    kept = {r["train_seed"]: r["selection"]["kept"] for r in runs if "selection" in r}
+    if kept:
+        rl = sorted(s for s, k in kept.items() if k == "rl")
+        out.append(f"\nrl.select kept the RL model in {len(rl)} of {len(kept)} training seeds ({rl or 'none'}) and its "
+                   f"SFT start in the others; `{AS_TRAINED}` is the RL model before that choice.")  # fmt: skip
     return "\n".join(out) + "\n"
 
 
@@ -120,14 +136,34 @@ def main() -> None:
         cli(a.work, ["sft", "--data", "data/steps/sft", "--out", f"{seed_dir}/sft"], trained)
         cli(a.work, ["rl", "--data", "data/steps/rl", "--sft-checkpoint", f"{seed_dir}/sft", "--out",
                      f"{seed_dir}/rl"], trained)  # fmt: skip
+        selection = json.loads((a.work / seed_dir / "rl" / "metrics.json").read_text()).get("selection")
+        as_trained = f"{seed_dir}/rl"
+        if selection is not None and selection["kept"] == "sft":  # the RL model itself, for the table: again, unchosen
+            as_trained = f"{seed_dir}/rl-as-trained"
+            cli(a.work, ["rl", "--data", "data/steps/rl", "--sft-checkpoint", f"{seed_dir}/sft", "--out", as_trained],
+                [*trained, "rl.select=null"])  # fmt: skip
+            again = json.loads((a.work / as_trained / "metrics.json").read_text())["model_id"]
+            if again != selection["trained_model_id"]:
+                sys.exit(f"{as_trained}: RL trained again gave {again}, not the model rl.select refused "
+                         f"({selection['trained_model_id']})")  # fmt: skip
         for w in world_seeds:
-            out = f"{seed_dir}/eval-{w}"
-            cli(a.work, ["evaluate", "--sft-checkpoint", f"{seed_dir}/sft", "--rl-checkpoint", f"{seed_dir}/rl",
-                         "--out", out], [*trained, f"evaluate.seed={w}"])  # fmt: skip
-            summary = json.loads((a.work / out / "summary.json").read_text())
-            runs.append({"train_seed": s, "world_seed": w, "items": len(summary["per_item"]["editor"]["item"]),
-                         "systems": {k: v["all"] for k, v in summary["systems"].items()},
-                         "paired": summary["paired"], "lineage": summary["lineage"]})  # fmt: skip
+            run: dict[str, Any] = {"train_seed": s, "world_seed": w}
+            for rl_dir, key in ((f"{seed_dir}/rl", ""), (as_trained, "as trained")):
+                out = f"{seed_dir}/eval-{w}" + ("-as-trained" if key and as_trained != f"{seed_dir}/rl" else "")
+                if not (a.work / out / "summary.json").exists():
+                    cli(a.work, ["evaluate", "--sft-checkpoint", f"{seed_dir}/sft", "--rl-checkpoint", rl_dir,
+                                 "--out", out], [*trained, f"evaluate.seed={w}"])  # fmt: skip
+                summary = json.loads((a.work / out / "summary.json").read_text())
+                if not key:
+                    run.update(items=len(summary["per_item"]["editor"]["item"]), lineage=summary["lineage"],
+                               systems={k: v["all"] for k, v in summary["systems"].items()},
+                               paired=dict(summary["paired"]))  # fmt: skip
+                else:
+                    run["systems"][AS_TRAINED] = summary["systems"]["editor+rl"]["all"]
+                    run["paired"][f"{AS_TRAINED} - editor+sft"] = summary["paired"]["editor+rl - editor+sft"]
+            if selection is not None:
+                run["selection"] = selection
+            runs.append(run)
             print(f"seed {s}, world {w}: done ({time.perf_counter() - t0:.0f} s)", flush=True)
     text = table(runs, world_seeds, train_seeds)
     command = "make seeds" if not a.quick else "python bench/seeds.py --quick"

@@ -29,7 +29,7 @@ CHANGES = {
     "thinker": {"vocab_size": 700},
     "inference": {"batch_size": 3},
     "sft": {"max_steps": 5},
-    "rl": {"max_steps": 5},
+    "rl": {"max_steps": 5, "select": {"num_tasks": 3, "max_turns": 2}},
     "evaluate": {"num_tasks": 9},
     "promote": {"margin": 0.5},
     "kubernetes": {"image": "other:tag"},

@@ -23,7 +23,7 @@ DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 TINY = {
     "generate": {"num_tasks": 16, "max_turns": 3, "shards": 2},
     "sft": {"max_steps": 3, "batch_size": 2},
-    "rl": {"max_steps": 2, "batch_size": 2, "num_generations": 2},
+    "rl": {"max_steps": 2, "batch_size": 2, "num_generations": 2, "select": {"num_tasks": 3, "max_turns": 2}},
     "evaluate": {"num_tasks": 4, "max_turns": 2},
     "thinker": {"max_new_tokens": 24},
 }

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from editthinker.config import Params
 from editthinker.loop import Episode, EpisodeStart, Turn
+from editthinker.outcomes import critique_accuracy, summarise
 from editthinker.protocol import Verdict
 from editthinker.roles import JudgeScore
-from editthinker.stages.evaluate import critique_accuracy, summarise
 
 
 def turn(n: int, semantic: float, satisfied: bool | None, format_ok: bool = True) -> Turn:

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "generate": {"num_tasks": 40, "max_turns": 3},
     "sft": {"max_steps": 6},
-    "rl": {"max_steps": 2},
+    "rl": {"max_steps": 2, "select": {"num_tasks": 4, "max_turns": 2}},
     "evaluate": {"num_tasks": 12, "max_turns": 3},
 }
 

@@ -720,7 +720,7 @@ def tiny_params() -> dict[str, Any]:
         "generate": {"num_tasks": 12, "shards": 2},
         "evaluate": {"num_tasks": 4},
         "sft": {"max_steps": 2, "batch_size": 2},
-        "rl": {"max_steps": 1, "batch_size": 2, "num_generations": 2},
+        "rl": {"max_steps": 1, "batch_size": 2, "num_generations": 2, "select": {"num_tasks": 3, "max_turns": 2}},
     }
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from editthinker.config import parse_params
 from editthinker.lineage import hash_path
-from editthinker.promotion import check_beats, check_format, decide, format_failure_rate
+from editthinker.promotion import check_beats, check_format, decide, format_failure_rate, keep_trained
 from editthinker.registry import Registry
 from editthinker.stages import promote
 from eval_summaries import per_item, summary
@@ -70,6 +70,25 @@ def test_format_failures_over_the_limit_refuse_first() -> None:
     assert not check_format(items, 0.05).passed and check_format(items, 0.25).passed
     checks = decide(items, per_item(1.0, 20), None, None, "overall", 0.0, 0.95, 0.05)
     assert len(checks) == 1 and "fail the answer format" in checks[0].reason
+
+
+def test_the_trained_model_is_kept_unless_it_is_below_its_start_or_malformed() -> None:
+    """rl.select's rule: the point estimate of the paired difference decides (a choice of which model to ship);
+    the format limit comes first; items are paired by id."""
+    start = per_item(noisy(5.0, 20, 1.0), 20)
+    equal = keep_trained(per_item(noisy(5.0, 20, 1.0), 20), start, "overall", 0.95, 0.05)
+    assert [c.passed for c in equal] == [True, True] and "+0 [" in equal[1].reason
+    below = per_item([x - 0.25 for x in start["overall"]], 20)
+    checks = keep_trained(below, start, "overall", 0.95, 0.05)
+    assert not checks[-1].passed and "below its start's: -0.25" in checks[-1].reason
+    above = per_item([x + (1.0 if i % 3 == 0 else -0.4) for i, x in enumerate(start["overall"])], 20)
+    diff = keep_trained(above, start, "overall", 0.95, 0.05)[-1].difference
+    assert diff is not None and diff.mean > 0 and diff.low < 0  # kept on its mean, its interval spanning 0
+    assert keep_trained(above, start, "semantic", 0.95, 0.05)[-1].passed
+    malformed = keep_trained(per_item(9.0, 20, failures=2), start, "overall", 0.95, 0.05)
+    assert len(malformed) == 1 and not malformed[0].passed
+    reordered = {k: v[::-1] for k, v in below.items()}
+    assert keep_trained(reordered, start, "overall", 0.95, 0.05)[-1].difference.mean == pytest.approx(-0.25)
 
 
 def test_promote_refuses_a_challenger_below_the_editor_alone_with_no_champion(tmp_path: Path) -> None:

@@ -60,6 +60,7 @@ def bases(tmp_path_factory) -> dict[str, Path]:
 
 
 def _params(**sections) -> Params:
+    sections["rl"] = {"select": None, **sections.get("rl", {})}  # rl.select is tested in test_training
     return Params.model_validate({"thinker": TINY, "sft": SFT, **sections})
 
 

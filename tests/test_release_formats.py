@@ -280,8 +280,8 @@ def test_sft_and_rl_stages_train_on_imported_samples(steps, tmp_path):
     rf.export_steps(steps, tmp_path / "rl", "easyr1", images=_store(steps))
     rf.import_steps(tmp_path / "sft", tmp_path / "sft-back", "llamafactory")
     rf.import_steps(tmp_path / "rl", tmp_path / "rl-back", "easyr1", editor="painter")
-    p = parse_params({"sft": {"max_steps": 2, "batch_size": 2}, "rl": {"max_steps": 1, "batch_size": 4,
-                                                                       "num_generations": 2}})  # fmt: skip
+    rl_params = {"max_steps": 1, "batch_size": 4, "num_generations": 2, "select": None}
+    p = parse_params({"sft": {"max_steps": 2, "batch_size": 2}, "rl": rl_params})
     s = sft.run(p, tmp_path / "sft-back", tmp_path / "m-sft")
     assert s["steps"] == 2 and s["samples"] == read_manifest(tmp_path / "sft-back")["rows"]
     r = rl.run(p, tmp_path / "rl-back", tmp_path / "m-sft", tmp_path / "m-rl")

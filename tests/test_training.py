@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -16,8 +17,9 @@ from editthinker.images import (
     store_ref,
     write_image_store,
 )
-from editthinker.lineage import hash_path
-from editthinker.models.vlm import checkpoint_id
+from editthinker.lineage import hash_path, verify_checkpoint
+from editthinker.models.vlm import checkpoint_id, kind_of
+from editthinker.promotion import Check
 from editthinker.protocol import format_thinker_answer
 from editthinker.records import STEP_SAMPLE_SCHEMA, read_manifest, write_dataset
 from editthinker.roles import EditRequest, ThinkRequest
@@ -71,7 +73,7 @@ PARAMS = Params.model_validate(
     {
         "thinker": {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "max_new_tokens": 64},
         "sft": {"max_steps": 30, "batch_size": 4, "learning_rate": 4e-3},
-        "rl": {"max_steps": 3, "batch_size": 4, "num_generations": 2},
+        "rl": {"max_steps": 3, "batch_size": 4, "num_generations": 2, "select": {"num_tasks": 3, "max_turns": 2}},
     }
 )
 
@@ -153,6 +155,30 @@ def test_sft_then_rl(data, tmp_path):
                                  "sft_checkpoint": hash_path(sft_dir),
                                  "images": read_manifest(data / "rl" / "images")["dataset_sha256"]}  # fmt: skip
     assert VLMThinker(rl_dir, PARAMS.thinker).model_id == r["model_id"]
+    # rl.select validated both models on 3 tasks x 2 editors of the training scenes and output the one kept
+    sel = r["selection"]
+    assert sel["kept"] in ("rl", "sft") and sel["reasons"] and sel["validation"]["partition"] == "train"
+    assert {"sft", "rl"} <= set(sel["validation"]) and 0 <= sel["validation"]["rl"]["success_rate"] <= 1
+    assert (r["model_id"] == checkpoint_id(sft_dir)) == (sel["kept"] == "sft")
+    assert json.loads((rl_dir / "metrics.json").read_text())["selection"] == sel
+    verify_checkpoint(rl_dir)
+
+    # both outcomes, the rule forced: kept, the RL weights and checksums stay; refused, the SFT weights replace them
+    inputs = {"rl_data": data / "rl", "sft_checkpoint": sft_dir, "images": data / "rl" / "images"}
+    for kept in (True, False):
+        out = tmp_path / f"select-{kept}"
+        shutil.copytree(rl_dir, out)
+        before = checkpoint_id(out)
+        verdict = [Check(kept, "forced by the test")]
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(rl, "keep_trained", lambda *a, verdict=verdict: verdict)
+            m = rl.select(PARAMS, sft_dir, out, inputs, {"stage": "rl", "model_id": before}, kind_of(sft_dir))
+        verify_checkpoint(out)
+        assert m["selection"]["kept"] == ("rl" if kept else "sft")
+        assert m["selection"]["reasons"] == ["forced by the test"]
+        assert checkpoint_id(out) == (before if kept else checkpoint_id(sft_dir)) == m["model_id"]
+        assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(m))
+        assert json.loads((out / "lineage.json").read_text())["stage"] == "rl"
 
 
 @pytest.mark.slow

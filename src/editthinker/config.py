@@ -361,6 +361,21 @@ class RewardWeights(_Strict):
     edit: float = 0.5
 
 
+class RLSelectConfig(_Strict):
+    """Which thinker the rl stage outputs: the model RL trained, or its SFT start when RL did worse on validation
+    tasks (scenes of the world's training part and a seed of their own: never the held-out benchmark's), each
+    task with every editor. RL stays unless its mean `metric` on the same items is below SFT's or more than
+    `max_format_failure_rate` of its answers fail the format. Self-contained (no other stage's section decides),
+    so the rl stage's cache key stays its own; the choice, its reasons and both models' figures are in the rl
+    metrics (`selection`)."""
+
+    num_tasks: int = Field(100, ge=1)  # validation tasks, each with every editor
+    seed: int = 880001  # the validation world's seed
+    max_turns: int = Field(5, ge=1)
+    metric: Literal["overall", "semantic"] = "overall"
+    max_format_failure_rate: float = Field(0.05, ge=0, le=1)
+
+
 class RLParams(TrainingParams):
     """GRPO. `batch_size` (and `global_batch_size`) count completions: prompts x num_generations."""
 
@@ -386,6 +401,7 @@ class RLParams(TrainingParams):
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
     vllm_server_url: str | None = None
     seed: int = 13
+    select: RLSelectConfig | None = RLSelectConfig()  # null: output the model RL trained, unchecked
 
     @model_validator(mode="after")
     def _groups(self) -> RLParams:

@@ -57,6 +57,18 @@ def _matched(a: Mapping[str, Sequence[Any]], b: Mapping[str, Sequence[Any]], fie
     return [float(x) for x, _ in pairs], [float(y) for _, y in pairs]
 
 
+def _paired(
+    challenger: Mapping[str, Sequence[Any]], other: Mapping[str, Sequence[Any]], metric: str, confidence: float
+) -> tuple[PairedDifference | None, str]:
+    """challenger - other on `metric` over their shared items (None when they share none), and how it reads."""
+    mine, theirs = _matched(challenger, other, ITEM_FIELD[metric])
+    if not mine:
+        return None, ""
+    d = paired_difference(theirs, mine, confidence)
+    scale, unit = (100, " points") if metric == "success_rate" else (1, "")
+    return d, f"{scale * d.mean:+.3g}{unit} [{scale * d.low:+.3g}, {scale * d.high:+.3g}] over {d.n} items"
+
+
 def check_beats(
     challenger: Mapping[str, Sequence[Any]],
     other: Mapping[str, Sequence[Any]],
@@ -66,13 +78,9 @@ def check_beats(
     confidence: float,
 ) -> Check:
     """Does the challenger beat `other` on `metric`, paired on their shared items, at `confidence` by `margin`?"""
-    field = ITEM_FIELD[metric]
-    mine, theirs = _matched(challenger, other, field)
-    if not mine:
+    d, span = _paired(challenger, other, metric, confidence)
+    if d is None:
         return Check(False, f"no benchmark item in common with {other_name}; not comparable")
-    d = paired_difference(theirs, mine, confidence)
-    scale, unit = (100, " points") if metric == "success_rate" else (1, "")
-    span = f"{scale * d.mean:+.3g}{unit} [{scale * d.low:+.3g}, {scale * d.high:+.3g}] over {d.n} items"
     if d.above(margin):
         return Check(True, f"{metric} beats {other_name}: {span} at {confidence:.0%}", d)
     return Check(False, f"{metric} does not beat {other_name} by more than {margin}: {span} at {confidence:.0%}", d)
@@ -94,4 +102,33 @@ def decide(
         checks.append(check_beats(challenger, editor_alone, "the editor alone", metric, margin, confidence))
     if checks[-1].passed and champion is not None:
         checks.append(check_beats(challenger, champion, f"the champion {champion_name}", metric, margin, confidence))
+    return checks
+
+
+def check_not_below(
+    challenger: Mapping[str, Sequence[Any]], start: Mapping[str, Sequence[Any]], metric: str, confidence: float
+) -> Check:
+    """Is the challenger's mean `metric`, paired on the items it shares with its start, at least the start's? A
+    choice between two models to ship (the rl stage's RL-or-SFT), so the point estimate decides; the interval is
+    reported beside it."""
+    d, span = _paired(challenger, start, metric, confidence)
+    if d is None:
+        return Check(False, "no validation item in common with its start; not comparable")
+    if d.mean < 0:
+        return Check(False, f"{metric} is below its start's: {span} at {confidence:.0%}", d)
+    return Check(True, f"{metric} is not below its start's: {span} at {confidence:.0%}", d)
+
+
+def keep_trained(
+    trained: Mapping[str, Sequence[Any]],
+    start: Mapping[str, Sequence[Any]],
+    metric: str,
+    confidence: float,
+    max_format_failure_rate: float,
+) -> list[Check]:
+    """Whether a stage keeps the model it trained over the one it started from (per-item validation outcomes of
+    both): its answers keep the format, and its `metric` is not below the start's. Up to the first failed check."""
+    checks = [check_format(trained, max_format_failure_rate)]
+    if checks[-1].passed:
+        checks.append(check_not_below(trained, start, metric, confidence))
     return checks

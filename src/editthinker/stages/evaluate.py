@@ -13,13 +13,13 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any
 
-from scipy.stats import binomtest
 from tqdm import tqdm
 
 from editthinker.backends.factory import build_editors, build_expert, build_judge, close_roles, load_vlm_thinker
 from editthinker.config import Params
 from editthinker.lineage import make_lineage, verify_checkpoint
 from editthinker.loop import Episode, EpisodeStart, run_episodes
+from editthinker.outcomes import per_item, summarise
 from editthinker.roles import Thinker
 from editthinker.stages import sections_of
 from editthinker.stats import compare
@@ -38,28 +38,6 @@ SYSTEMS = (BASELINE, EXPERT, SFT, CHALLENGER)  # the columns of score_by_turn.js
 PAIRS = ((CHALLENGER, BASELINE), (SFT, BASELINE), (CHALLENGER, SFT))
 
 
-def success(e: Episode, params: Params) -> bool:
-    s = e.final.score
-    assert s is not None
-    return s.semantic >= params.evaluate.success_semantic and s.quality >= params.evaluate.success_quality
-
-
-def per_item(episodes: list[Episode], editor: str, params: Params) -> dict[str, list[Any]]:
-    """Each item's outcome (item = task x editor, named `<task id>@<editor>`): what paired comparisons and the
-    promotion rule read."""
-    scores = [e.final.score for e in episodes]
-    if any(s is None for s in scores):
-        raise ValueError("evaluate: an episode ended without a judge score")
-    return {
-        "item": [f"{e.start.episode_id}@{editor}" for e in episodes],
-        "success": [success(e, params) for e in episodes],
-        "overall": [s.overall for s in scores if s is not None],
-        "semantic": [s.semantic for s in scores if s is not None],
-        "critiques": [sum(t.critique is not None for t in e.turns) for e in episodes],
-        "format_failures": [e.format_failures for e in episodes],
-    }
-
-
 def paired(items: dict[str, dict[str, list[Any]]], confidence: float) -> dict[str, Any]:
     """b - a for each pair of PAIRS, on the same items: success and overall with paired bootstrap intervals,
     McNemar on success."""
@@ -70,49 +48,6 @@ def paired(items: dict[str, dict[str, list[Any]]], confidence: float) -> dict[st
             raise ValueError(f"evaluate: {a} and {b} were not run on the same items")
         out[f"{b} - {a}"] = compare(x["success"], y["success"], x["overall"], y["overall"], confidence)
     return out
-
-
-def critique_accuracy(episodes: list[Episode], params: Params) -> dict[str, float | None]:
-    """How the thinker reads the edits it critiques (the judge's score of the same image is the truth):
-    `satisfied_on_failed` = share of failed edits it called satisfied (it must look at the image to know),
-    `rewrote_on_success` = share of successful edits it rewrote anyway. None where there was no such edit."""
-    ev = params.evaluate
-    failed = satisfied_failed = succeeded = rewrote_succeeded = 0
-    for e in episodes:
-        for t in e.turns:
-            v, sc = t.critique, t.score
-            if v is None or sc is None or not v.format_ok:
-                continue
-            ok = sc.semantic >= ev.success_semantic and sc.quality >= ev.success_quality
-            failed += not ok
-            satisfied_failed += (not ok) and bool(v.satisfied)
-            succeeded += ok
-            rewrote_succeeded += ok and not v.satisfied
-    return {
-        "satisfied_on_failed": satisfied_failed / failed if failed else None,
-        "rewrote_on_success": rewrote_succeeded / succeeded if succeeded else None,
-    }
-
-
-def summarise(episodes: list[Episode], params: Params) -> dict[str, Any]:
-    n = len(episodes)
-    k = sum(success(e, params) for e in episodes)
-    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
-    scores = [e.final.score for e in episodes if e.final.score is not None]
-    critiques = sum(t.critique is not None for e in episodes for t in e.turns)
-    failures = sum(e.format_failures for e in episodes)
-    return {
-        "n": n,
-        "success_rate": k / n,
-        "success_ci95": [ci.low, ci.high],
-        "semantic": fmean(s.semantic for s in scores),
-        "quality": fmean(s.quality for s in scores),
-        "overall": fmean(s.overall for s in scores),
-        "turns": fmean(len(e.turns) for e in episodes),
-        "format_failures": failures,
-        "format_failure_rate": failures / critiques if critiques else 0.0,
-        **critique_accuracy(episodes, params),
-    }
 
 
 def score_by_turn(episodes: list[Episode], max_turns: int) -> list[float]:

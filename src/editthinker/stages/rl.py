@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -20,16 +21,21 @@ import torch
 from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
-from editthinker.config import Params, RLParams
+from editthinker.config import InferenceConfig, Params, RLParams
 from editthinker.images import ImageStore, open_store_for
 from editthinker.lineage import verify_checkpoint
 from editthinker.models.vlm import kind_of, load_base
+from editthinker.outcomes import checkpoint_outcomes
+from editthinker.promotion import keep_trained
 from editthinker.records import iter_rows
 from editthinker.rewards import DIAGNOSTICS, REWARDS, EditCallStats, make_context, trl_reward_func, weights_of
 from editthinker.stages import sections_of
+from editthinker.storage import write_json
 from editthinker.training import (
+    METRICS_FILE,
     LogHistory,
     close_work_dir,
+    is_main_process,
     open_work_dir,
     output_lock,
     prepare_model,
@@ -45,6 +51,7 @@ from editthinker.training import (
 # the step-sample columns the rewards read (they reach the reward functions as keyword arguments)
 REWARD_COLUMNS = ("editor", "seed", "source_image", "original_instruction", "previous_instruction", "reference",
                   "target_semantic", "target_quality")  # fmt: skip
+log = logging.getLogger(__name__)
 EDIT_CALLS_FILE = "edit_calls.json"  # the edit reward's call counts, saved with each checkpoint
 # what GRPO logs that tells whether it learns: groups with no reward spread (no gradient), the completions'
 # entropy and KL to the SFT start, each reward, and how the thinker reads the previous edit (rewards.DIAGNOSTICS)
@@ -149,11 +156,45 @@ def _run(params: Params, rl_data: Path, sft_checkpoint: Path, out_dir: Path, ima
     if quantization != "none":
         merge_base = lambda: load_base(str(sft_checkpoint), dtype=params.thinker.dtype,  # noqa: E731
                                        trust_remote_code=remote_code)[0]  # fmt: skip
+    kind = kind_of(Path(sft_checkpoint))
     metrics = save_checkpoint(Path(out_dir), trained, processor, "rl", params, sections_of("rl"), inputs,
-                              metrics, kind=kind_of(Path(sft_checkpoint)), trainer=trainer,
-                              merge_base=merge_base)  # fmt: skip
+                              metrics, kind=kind, trainer=trainer, merge_base=merge_base)  # fmt: skip
+    if cfg.select is not None and is_main_process():
+        metrics = select(params, Path(sft_checkpoint), Path(out_dir), inputs, metrics, kind)
     close_work_dir(work)
     return metrics
+
+
+def select(params: Params, sft_checkpoint: Path, out_dir: Path, inputs: dict[str, Path], metrics: dict[str, Any],
+           kind: str) -> dict[str, Any]:  # fmt: skip
+    """rl.select: the RL checkpoint just written in `out_dir` and its SFT start, on the same validation items
+    (`outcomes.checkpoint_outcomes`); the RL one stays unless `promotion.keep_trained` refuses it, and then the SFT
+    weights take its place (same lineage inputs, `selection` in the metrics says why)."""
+    sel = params.rl.select
+    assert sel is not None
+    # on the training device and dtype, with the prompt and parser training used (no inference section: it never
+    # retrains)
+    inference = InferenceConfig(device="cuda" if torch.cuda.is_available() else "cpu", dtype=params.thinker.dtype)
+    found = checkpoint_outcomes(params, {"sft": sft_checkpoint, "rl": out_dir}, sel.num_tasks, sel.seed, sel.max_turns,
+                       inference)  # fmt: skip
+    checks = keep_trained(found["rl"]["items"], found["sft"]["items"], sel.metric, 0.95, sel.max_format_failure_rate)
+    kept = all(c.passed for c in checks)
+    brief = ("success_rate", "overall", "format_failure_rate", "satisfied_on_failed")
+    selection = {
+        "kept": "rl" if kept else "sft",
+        "reasons": [c.reason for c in checks],
+        "trained_model_id": metrics["model_id"],  # the RL model, whichever is kept
+        "validation": {"num_tasks": sel.num_tasks, "seed": sel.seed, "max_turns": sel.max_turns, "partition": "train",
+                       **{name: {k: found[name]["summary"][k] for k in brief} for name in ("sft", "rl")}},
+    }  # fmt: skip
+    metrics = {**metrics, "selection": selection}
+    log.info("rl.select: kept %s (%s)", selection["kept"], "; ".join(selection["reasons"]))
+    if kept:
+        write_json(out_dir / METRICS_FILE, metrics)  # descriptive: not part of the checksums
+        return metrics
+    model, processor = load_base(str(sft_checkpoint), dtype=params.thinker.dtype,
+                                 trust_remote_code=params.thinker.trust_remote_code)  # fmt: skip
+    return save_checkpoint(out_dir, model, processor, "rl", params, sections_of("rl"), inputs, metrics, kind=kind)
 
 
 def _mean(xs: list[float]) -> float | None:
