@@ -10,6 +10,7 @@ the run's last checkpoint (`restart` starts over). `rl.use_vllm` generates with 
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import logging
@@ -160,6 +161,10 @@ def _run(params: Params, rl_data: Path, sft_checkpoint: Path, out_dir: Path, ima
     metrics = save_checkpoint(Path(out_dir), trained, processor, "rl", params, sections_of("rl"), inputs,
                               metrics, kind=kind, trainer=trainer, merge_base=merge_base)  # fmt: skip
     if cfg.select is not None and is_main_process():
+        del trainer, trained, model  # the validation loads both models from their folders: free the training copy
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
         metrics = select(params, Path(sft_checkpoint), Path(out_dir), inputs, metrics, kind)
     close_work_dir(work)
     return metrics
