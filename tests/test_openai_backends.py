@@ -167,6 +167,30 @@ def test_a_reply_that_is_not_a_chat_completion_is_a_failed_call_not_an_answer(tm
     assert expert.usage.failed_calls == 1 and expert.usage.calls == 0
 
 
+def test_a_completion_is_read_from_its_json_as_the_sdk_model_reads_it():
+    """The client reads the answer's JSON itself (cheaper than the SDK's typed model): the same fields, the same
+    defaults, and anything else is an error the call reports."""
+    from openai.types.chat import ChatCompletion
+
+    from editthinker.backends.openai_api import _read
+
+    full = {"id": "x", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}}  # fmt: skip
+    no_content = {**full, "choices": [{**full["choices"][0], "message": {"role": "assistant", "content": None}}]}
+    for answer in (full, no_content, {**full, "choices": []}, {k: v for k, v in full.items() if k != "usage"}):
+        typed = ChatCompletion.model_validate(answer)
+        choice = typed.choices[0] if typed.choices else None
+        want = ((choice.message.content if choice else None) or "", str(choice.finish_reason) if choice else
+                "no_choices", typed.usage.prompt_tokens if typed.usage else 0,
+                typed.usage.completion_tokens if typed.usage else 0)  # fmt: skip
+        assert _read(answer) == want
+    for bad in ("<html>", [full], {"id": "x"}, {**full, "choices": {"0": 1}},
+                {**full, "choices": [{"message": {"content": 5}}]}):  # fmt: skip
+        with pytest.raises((TypeError, ValueError, KeyError)):
+            _read(bad)
+
+
 def test_cache_second_identical_call_makes_no_request(tmp_path):
     with StubOpenAIServer() as srv:
         cfg = api_cfg("expert", srv.base_url, tmp_path, price_per_1k_input=2.0, price_per_1k_output=8.0)

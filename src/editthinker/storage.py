@@ -376,7 +376,8 @@ def _held_by(final: Path) -> str:
 # -- small files ---------------------------------------------------------------------------------------------
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():  # a stat: mkdir on an existing folder costs a failed create (generate writes many)
+        path.parent.mkdir(parents=True, exist_ok=True)
     tmp, fd = _temp_sibling(path.parent, f".{path.name}.tmp-", lambda p: os.open(p, _NEW_FILE, 0o666))
     try:
         with os.fdopen(fd, "wb") as f:

@@ -38,6 +38,7 @@ import itertools
 import json
 import shutil
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -175,6 +176,42 @@ def _stage_image(folder: Path, sha: str, data: bytes) -> None:
         atomic_write_bytes(path, data)
 
 
+class _Stager:
+    """Stages images (`_stage_image`, by their hash) on a worker thread while the loop waits on its roles, so the
+    file writes overlap the API calls; `wait` returns once everything submitted is on disk (a failure is raised)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="stage-images")
+        self._pending: list[Future[None]] = []
+
+    def submit(self, pngs: Iterable[bytes]) -> None:
+        self._pending += [self._pool.submit(self._stage, png) for png in pngs]
+
+    def _stage(self, png: bytes) -> None:
+        _stage_image(self.folder, sha256_bytes(png), png)
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _StagingEditor:
+    """An editor whose edits are also handed to a _Stager as they come back."""
+
+    def __init__(self, editor: Any, stager: _Stager) -> None:
+        self.editor, self.stager = editor, stager
+
+    def edit(self, requests: list[Any]) -> list[bytes]:
+        images = self.editor.edit(requests)
+        self.stager.submit(images)
+        return images
+
+
 def check_roles(params: Params, source: TaskSource) -> None:
     """Reference-less tasks (real data) need an API expert and an API judge: the synthetic ones read the world's
     target scene, which only synthetic tasks have."""
@@ -292,9 +329,10 @@ def _usage_since(now: Usage, before: Usage) -> Usage:
 
 
 def _unit_rows(params: Params, roles: _Roles, unit: range, source: TaskSource | None = None,
-               images: dict[str, bytes] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+               images: dict[str, bytes] | None = None,
+               stager: _Stager | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Trajectory rows of the tasks of `unit` (the world's unless `source` says), sorted; `images` gets every
-    image the rows refer to, by hash.
+    image the rows refer to, by hash; `stager` stages them as they are made (sources first).
 
     A task's episode depends only on the task, its editor (task index modulo the number of editors) and the
     seeds, never on which other tasks run beside it: any partition of the tasks gives the same rows.
@@ -303,6 +341,10 @@ def _unit_rows(params: Params, roles: _Roles, unit: range, source: TaskSource | 
     source = source or WorldTasks(params)
     names = list(roles.editors)
     tasks = dict(zip(unit, source.tasks(unit), strict=True))
+    editors: dict[str, Any] = dict(roles.editors)
+    if stager is not None:
+        stager.submit(t.source_png for t in tasks.values())
+        editors = {name: _StagingEditor(e, stager) for name, e in editors.items()}
     rows: list[dict[str, Any]] = []
     # split across editors; one lockstep chunk spans them all (each editor is called with its own episodes, up to
     # CHUNK), so the expert's and the judge's batches, and their concurrency, cover every editor's episodes
@@ -311,7 +353,7 @@ def _unit_rows(params: Params, roles: _Roles, unit: range, source: TaskSource | 
         chunk = mine[k : k + CHUNK * len(names)]
         starts = [EpisodeStart(t.task_id, t.source_png, t.instruction, i, t.reference, name) for i, t, name in chunk]
         try:
-            episodes = run_episodes(starts, roles.editors, roles.expert, roles.judge, g.max_turns)
+            episodes = run_episodes(starts, editors, roles.expert, roles.judge, g.max_turns)
         except OpenAICallError as exc:
             raise GenerationFailed(
                 f"generate: the chunk of editors {names}, tasks {chunk[0][1].task_id}..{chunk[-1][1].task_id}, "
@@ -445,6 +487,7 @@ def _generate_units(params: Params, indices: range, out_dir: Path, restart: bool
                disable=None)  # fmt: skip
     if manifests:
         tqdm.write(f"generate: resuming, {len(manifests)} of {len(units)} units done in {work}")
+    stager = _Stager(staged)
     try:
         for k, (unit, d) in enumerate(zip(units, dirs, strict=True)):
             bar.set_postfix(units=f"{len(manifests)}/{len(units)}", spent=f"{_spent(usage)[0]:.4g}")
@@ -456,10 +499,11 @@ def _generate_units(params: Params, indices: range, out_dir: Path, restart: bool
             roles = roles or _Roles.build(params)
             before = roles.usage()
             images: dict[str, bytes] = {}
-            rows = _unit_rows(params, roles, unit, source, images)
+            rows = _unit_rows(params, roles, unit, source, images, stager)
             spent = _usage_since(roles.usage(), before)
+            stager.wait()
             for sha in sorted(images):  # staged before the unit is written: a written unit's images are there
-                _stage_image(staged, sha, images[sha])
+                _stage_image(staged, sha, images[sha])  # (the stager wrote them: a check that each file is there)
             extra = {"generate_unit": [unit.start, unit.stop], "keys": [_row_key(rows[0]), _row_key(rows[-1])],
                      "models": roles.models(), "api_usage": spent, IMAGES: sorted(images)}  # fmt: skip
             del images
@@ -472,6 +516,7 @@ def _generate_units(params: Params, indices: range, out_dir: Path, restart: bool
         bar.set_postfix(units=f"{len(manifests)}/{len(units)}", spent=f"{_spent(usage)[0]:.4g}")
     finally:
         bar.close()
+        stager.close()
         if roles is not None:
             roles.close()
     ordered = [manifests[k] for k in range(len(units))]
