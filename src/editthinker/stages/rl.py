@@ -6,6 +6,8 @@ params.rl.rewards. `rl.batch_size` counts completions per step (prompts x num_ge
 sends a batch's re-edits to the editors and the judge as batched, concurrent calls with timeouts; what timed
 out or failed is counted in the metrics (`edit_calls`). A rerun with the same inputs and params resumes from
 the run's last checkpoint (`restart` starts over). `rl.use_vllm` generates with vLLM (GPU, vllm installed).
+With `rl.select` (the default) the stage then validates the RL model against its SFT start on tasks of the
+training scenes and ships SFT's weights when RL is below it or malformed (`select`; the choice is in the metrics).
 """
 
 from __future__ import annotations
