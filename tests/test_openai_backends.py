@@ -185,8 +185,8 @@ def test_a_completion_is_read_from_its_json_as_the_sdk_model_reads_it():
                 "no_choices", typed.usage.prompt_tokens if typed.usage else 0,
                 typed.usage.completion_tokens if typed.usage else 0)  # fmt: skip
         assert _read(answer) == want
-    for bad in ("<html>", [full], {"id": "x"}, {**full, "choices": {"0": 1}},
-                {**full, "choices": [{"message": {"content": 5}}]}):  # fmt: skip
+    bad_choices = ({"0": 1}, ["text"], [{"message": "text"}], [{"message": {"content": 5}}])
+    for bad in ("<html>", [full], {"id": "x"}, *({**full, "choices": c} for c in bad_choices)):
         with pytest.raises((TypeError, ValueError, KeyError)):
             _read(bad)
 

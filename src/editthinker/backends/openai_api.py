@@ -343,7 +343,10 @@ def _read(answer: Any) -> tuple[str, str, int, int]:
     if choice is None:
         text, finish = "", "no_choices"
     else:
-        content = choice["message"].get("content")
+        message = choice["message"] if isinstance(choice, dict) else None
+        if not isinstance(message, dict):
+            raise TypeError("its first choice has no message object")
+        content = message.get("content")
         if content is not None and not isinstance(content, str):
             raise TypeError("its message content is not text")
         text, finish = content or "", str(choice.get("finish_reason"))
