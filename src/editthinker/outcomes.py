@@ -82,16 +82,22 @@ def summarise(episodes: list[Episode], params: Params) -> dict[str, Any]:
     }
 
 
+def world_starts(params: Params, seed: int, num_tasks: int, partition: str) -> list[EpisodeStart]:
+    """The loop's starts for the first `num_tasks` tasks of world seed `seed`, drawn from `partition` of scene
+    space (`world.tasks.scene_partition`): each task's rendered source, instruction and target scene."""
+    w = params.world
+    tasks = make_tasks(seed, range(num_tasks), w.min_shapes, w.max_shapes, w.styles, partition=partition)
+    return [EpisodeStart(t.task_id, render_png(t.source, w.image_size), t.instruction, i, t.target.to_json())
+            for i, t in tasks.items()]  # fmt: skip
+
+
 def checkpoint_outcomes(params: Params, checkpoints: dict[str, Path], num_tasks: int, seed: int, max_turns: int,
                inference: InferenceConfig) -> dict[str, Any]:  # fmt: skip
     """Each checkpoint's thinker (run as `inference` says) with every editor on `num_tasks` validation tasks: tasks
     of world seed `seed` drawn from the world's training part (never the held-out benchmark's scenes), the loop and
     judge as `evaluate` runs them. Per checkpoint its summary (`summarise` over every editor) and per-item
     outcomes."""
-    w = params.world
-    tasks = make_tasks(seed, range(num_tasks), w.min_shapes, w.max_shapes, w.styles, partition="train")
-    starts = [EpisodeStart(t.task_id, render_png(t.source, w.image_size), t.instruction, i, t.target.to_json())
-              for i, t in tasks.items()]  # fmt: skip
+    starts = world_starts(params, seed, num_tasks, "train")
     editors, judge = build_editors(params), build_judge(params.judge)
     out: dict[str, Any] = {}
     for name, checkpoint in checkpoints.items():

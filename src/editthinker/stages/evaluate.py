@@ -18,15 +18,13 @@ from tqdm import tqdm
 from editthinker.backends.factory import build_editors, build_expert, build_judge, close_roles, load_vlm_thinker
 from editthinker.config import Params
 from editthinker.lineage import make_lineage, verify_checkpoint
-from editthinker.loop import Episode, EpisodeStart, run_episodes
-from editthinker.outcomes import per_item, summarise
+from editthinker.loop import Episode, run_episodes
+from editthinker.outcomes import per_item, summarise, world_starts
 from editthinker.roles import Thinker
 from editthinker.stages import sections_of
 from editthinker.stats import compare
 from editthinker.storage import atomic_dir, write_json, writer_lock
 from editthinker.usage import api_usage
-from editthinker.world.scene import render_png
-from editthinker.world.tasks import make_tasks
 
 SECTIONS = sections_of("evaluate")
 BASELINE = "editor"
@@ -143,12 +141,7 @@ def _run(params: Params, sft_checkpoint: Path, rl_checkpoint: Path, out_dir: Pat
         SFT: load_vlm_thinker(sft_checkpoint, params.thinker, params.inference),
         CHALLENGER: load_vlm_thinker(rl_checkpoint, params.thinker, params.inference),
     }
-    w = params.world
-    tasks = make_tasks(ev.seed, range(ev.num_tasks), w.min_shapes, w.max_shapes, w.styles, partition="held_out")
-    starts = [
-        EpisodeStart(t.task_id, render_png(t.source, w.image_size), t.instruction, i, t.target.to_json())
-        for i, t in tasks.items()
-    ]
+    starts = world_starts(params, ev.seed, ev.num_tasks, "held_out")
     systems: dict[str, dict[str, dict[str, Any]]] = {}
     curves: dict[str, list[float]] = {}
     items: dict[str, dict[str, list[Any]]] = {}
