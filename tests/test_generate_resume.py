@@ -111,7 +111,8 @@ def test_a_failed_run_keeps_its_finished_units_and_the_rerun_asks_none_of_them_a
     reference = generate.run(params, tmp_path / "reference")
     assert not generate.units_root(tmp_path / "reference").exists()  # removed once the dataset is written
     owner = requests_by_unit(params, srv, editor)
-    # the expert fails on the 8th task's instruction: units [0,2) .. [4,6) finish, [6,8) fails
+    # the expert fails on the 8th task's instruction: units [0,2) .. [4,6) finish, [6,8) fails; no unit starts
+    # after the failure, and the one running beside [6,8) finishes and is kept ([4,6), and [8,10) if it had started)
     doomed = generate.unit_ranges(range(12), 2)[3]
     broken = {"on": True}
 
@@ -126,7 +127,7 @@ def test_a_failed_run_keeps_its_finished_units_and_the_rerun_asks_none_of_them_a
         generate.run(params, out)
     assert not out.exists()
     done = finished_units(out)
-    assert done == {range(0, 2), range(2, 4), range(4, 6)}
+    assert {range(0, 2), range(2, 4), range(4, 6)} <= done <= {range(0, 2), range(2, 4), range(4, 6), range(8, 10)}
     broken["on"] = False
     since = (len(srv.requests), len(editor.asked))
     resumed = generate.run(params, out)
@@ -147,7 +148,8 @@ def test_other_params_never_resume_and_restart_starts_over(tmp_path, services) -
     out = tmp_path / "traj"
     with pytest.raises(BudgetReached):
         generate.run(parse_params({**raw, "generate": {**raw["generate"], "budget": {"max_calls": 1}}}), out)
-    assert finished_units(out) == {range(0, 2)}
+    # checked before each unit starts: the first two start at once (two in flight), then it stops
+    assert {range(0, 2)} <= finished_units(out) <= {range(0, 2), range(2, 4)}
     other = parse_params({**raw, "generate": {**raw["generate"], "max_turns": 2}})
     assert generate.resume_key(other) != generate.resume_key(params)
     # the budget is not part of the key: a larger one continues
@@ -185,6 +187,27 @@ def test_the_budget_stops_at_a_unit_boundary_and_a_larger_one_continues(tmp_path
     assert asked(srv, editor, since) == [] and finished_units(out) == done
     larger = parse_params({**raw, "generate": {**raw["generate"], "budget": {"max_cost": ref_cost * 2}}})
     assert generate.run(larger, out)["dataset_sha256"] == reference["dataset_sha256"]
+
+
+def test_units_in_flight_each_record_their_own_calls(tmp_path, services) -> None:
+    srv, editor, editor_url = services
+    params = parse_params(raw_params(srv.base_url, editor_url, budget={"max_calls": 20}))
+    assert params.generate.units_in_flight == 2  # the default: two units share the roles at once
+    owner = requests_by_unit(params, srv, editor)
+    since = len(srv.requests)
+    with pytest.raises(BudgetReached):  # stops part-way, the finished units kept with their manifests
+        generate.run(params, tmp_path / "traj")
+    asked_by: dict[range, int] = {}
+    for body in srv.requests[since:]:
+        (unit,) = owner[_key(body)]
+        asked_by[unit] = asked_by.get(unit, 0) + 1
+    done = finished_units(tmp_path / "traj")
+    assert len(done) >= 2
+    for d in generate.units_root(tmp_path / "traj").glob("*/unit-*"):
+        unit = range(*(int(x) for x in d.name.split("-")[1:]))
+        if unit in done:
+            usage = read_manifest(d)["api_usage"]
+            assert usage["expert"]["calls"] + usage["judge"]["calls"] == asked_by[unit] > 0
 
 
 def test_the_cli_reports_a_reached_budget_and_exits_nonzero(tmp_path, services) -> None:
@@ -234,7 +257,7 @@ def test_kill_9_at_seeded_moments_and_resume_gives_the_uninterrupted_dataset(tmp
         since = (len(srv.requests), len(editor.asked))
         proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         left = sum(1 for units in owner.values() if not units & done)  # requests of the units still to do
-        moment = rng.randint(1, max(1, left // 3))  # kill after this many requests of this run
+        moment = rng.randint(1, max(1, left // 2))  # kill after this many requests of this run
         if kills < 5 and _wait(lambda: len(asked(srv, editor, since)) >= moment, proc):  # noqa: B023
             os.kill(proc.pid, signal.SIGKILL)
             kills += 1

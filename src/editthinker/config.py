@@ -199,6 +199,9 @@ class GenerateConfig(_Strict):
     shards: int = Field(2, ge=1)
     # tasks per unit: the contiguous range of task indices written to disk as it finishes (what a rerun resumes)
     unit_tasks: int = Field(64, ge=1)
+    # units generated at once: one unit's editing and judging overlap another's API waits. Memory holds this many
+    # units' images; not part of the data's identity (the data are the same whatever it is)
+    units_in_flight: int = Field(2, ge=1, le=16)
     budget: GenerateBudget = GenerateBudget()
 
 

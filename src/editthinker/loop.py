@@ -17,6 +17,7 @@ their scores filled into their turns; a judge failure is raised at the next turn
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -73,7 +74,9 @@ class _Scorer:
             ScoreRequest(e.start.source_png, t.image_png, e.start.instruction, e.start.reference)
             for e, t in zip(episodes, turns, strict=True)
         ]
-        self._pending.append((turns, self._pool.submit(self.judge.score_many, requests)))
+        # in the caller's context, so the judge's calls count where the loop's do (usage.usage_scope)
+        scoring = self._pool.submit(contextvars.copy_context().run, self.judge.score_many, requests)
+        self._pending.append((turns, scoring))
 
     def collect(self, wait: bool) -> None:
         """Fill in the scores of the finished batches (every batch when `wait`), in order; a failure is raised."""

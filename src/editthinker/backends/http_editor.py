@@ -61,6 +61,8 @@ class HttpEditor:
     """roles.Editor against a service speaking the protocol above; retries transport errors and 5xx answers
     `retries` times, waiting backoff_s * 2**k before retry k (k = 0, 1, ...); `sleep` is what waits."""
 
+    thread_safe = True  # calls may come from several threads at once (inflight.shared)
+
     def __init__(
         self,
         name: str,

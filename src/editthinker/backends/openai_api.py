@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 from editthinker.config import JudgeConfig, OpenAIAPIConfig
 from editthinker.protocol import FormatError, Verdict, load_json_object, parse_expert_answer
 from editthinker.roles import JudgeScore, ScoreRequest, ThinkRequest
+from editthinker.usage import record
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -60,7 +61,8 @@ class JudgeError(OpenAICallError):
 # -- accounting ------------------------------------------------------------------------------------------
 @dataclass
 class Usage:
-    """Calls, tokens and cost of one role's client. Cached answers cost nothing and are counted apart."""
+    """Calls, tokens and cost of one role's client. Cached answers cost nothing and are counted apart. Each count
+    also goes to the `usage_scope`s of the context the call was made in."""
 
     calls: int = 0  # answered by the server
     cached_calls: int = 0  # answered from the disk cache
@@ -69,26 +71,27 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
+    _role: str = field(default="", repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def add_call(self, prompt_tokens: int, completion_tokens: int, price_in: float, price_out: float) -> None:
+    def _add(self, **deltas: float) -> None:
         with self._lock:
-            self.calls += 1
-            self.prompt_tokens += prompt_tokens
-            self.completion_tokens += completion_tokens
-            self.cost_usd += prompt_tokens / 1000 * price_in + completion_tokens / 1000 * price_out
+            for k, v in deltas.items():
+                setattr(self, k, getattr(self, k) + v)
+        record(self._role, **deltas)
+
+    def add_call(self, prompt_tokens: int, completion_tokens: int, price_in: float, price_out: float) -> None:
+        cost = prompt_tokens / 1000 * price_in + completion_tokens / 1000 * price_out
+        self._add(calls=1, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost_usd=cost)
 
     def add_cached(self) -> None:
-        with self._lock:
-            self.cached_calls += 1
+        self._add(cached_calls=1)
 
     def add_failure(self) -> None:
-        with self._lock:
-            self.failed_calls += 1
+        self._add(failed_calls=1)
 
     def add_retry(self) -> None:
-        with self._lock:
-            self.retries += 1
+        self._add(retries=1)
 
     def as_dict(self) -> dict[str, int | float]:
         with self._lock:
@@ -181,7 +184,7 @@ class OpenAIChatClient:
         key = os.environ.get(cfg.api_key_env, "")
         if not key and "api.openai.com" in cfg.base_url:
             raise OpenAICallError(f"{role}: the environment variable {cfg.api_key_env} holding the API key is not set")
-        self.usage = Usage()
+        self.usage = Usage(_role=role)
         cache_dir = answer_cache_dir(cfg.cache_dir)
         self.cache = ResponseCache(cache_dir) if cache_dir else None
         self._response_format_ok = cfg.response_format != "none"
@@ -404,6 +407,8 @@ def expert_messages(req: ThinkRequest) -> list[dict[str, Any]]:
 class OpenAIExpert:
     """The expert playing the thinker (roles.Thinker) over an OpenAI-compatible API."""
 
+    thread_safe = True  # calls may come from several threads at once (inflight.shared)
+
     def __init__(self, cfg: OpenAIAPIConfig):
         self.client = OpenAIChatClient(cfg, "expert")
         self.name = "expert"
@@ -493,6 +498,8 @@ def parse_judge_answer(raw: str) -> JudgeScore:
 
 class OpenAIJudge:
     """A VIEScore judge (roles.Judge) over an OpenAI-compatible API."""
+
+    thread_safe = True  # calls may come from several threads at once (inflight.shared)
 
     def __init__(self, cfg: JudgeConfig):
         self.client = OpenAIChatClient(cfg, "judge")

@@ -31,6 +31,8 @@ JUDGE_MODEL_ID = "stand-in/judge-hashed-scores-v1"
 class StandInEditor:
     """Editor protocol: `edit(requests) -> PNG bytes`, a seeded colour transform of each source image."""
 
+    thread_safe = True  # calls may come from several threads at once (inflight.shared)
+
     def __init__(self, name: str, compress_level: int = 1) -> None:
         self.name = name
         self.model_id = MODEL_ID
@@ -67,6 +69,8 @@ class StandInExpert:
     """Thinker protocol, playing the expert: not satisfied with the first edit (it asks for the original
     instruction ", exactly as asked"), satisfied with any later one. Tests and benchmarks only."""
 
+    thread_safe = True  # calls may come from several threads at once (inflight.shared)
+
     name = "stand-in-expert"
     model_id = EXPERT_MODEL_ID
 
@@ -82,6 +86,8 @@ class StandInExpert:
 
 class StandInJudge:
     """Judge protocol: VIEScore-shaped scores from the sha256 of what it is shown. Tests and benchmarks only."""
+
+    thread_safe = True  # calls may come from several threads at once (inflight.shared)
 
     name = "stand-in-judge"
     model_id = JUDGE_MODEL_ID

@@ -60,6 +60,8 @@ PROFILES: dict[str, EditorProfile] = {
 
 
 class SyntheticEditor:
+    thread_safe = True  # calls may come from several threads at once (inflight.shared)
+
     def __init__(self, name: str, profile: str, image_size: int):
         if profile not in PROFILES:
             raise ValueError(f"unknown synthetic editor profile {profile!r}; known: {sorted(PROFILES)}")
@@ -198,6 +200,8 @@ def quality_score(artifact_fraction: float) -> float:
 
 
 class SyntheticJudge:
+    thread_safe = True  # calls may come from several threads at once (inflight.shared)
+
     name = "synthetic-judge"
     model_id = "synthetic-judge/exact-v1"
 
@@ -239,6 +243,8 @@ def describe_gap(seen: Scene | None, target: Scene, artifact: float) -> str:
 
 class SyntheticExpert:
     """Plays the thinker while building trajectories. Sees the target scene (privileged)."""
+
+    thread_safe = True  # calls may come from several threads at once (inflight.shared)
 
     name = "synthetic-expert"
 

@@ -1,13 +1,14 @@
 """Stage 1, generate: multi-turn edit trajectories, the expert playing the thinker, over all editors.
 
-Generation works in units: fixed, contiguous ranges of `generate.unit_tasks` task indices. Each finished unit
-is written to disk at once (atomically) in a work folder beside the output, `.<output name>.units/<key>/`,
-keyed by the params that decide the data (generate's sections but `generate.budget`), so other params never
-resume it. A rerun after a kill (at any moment) loads the finished units instead of generating them again, so
-no expert, judge or editor request of a finished unit is repeated; only the unit in progress is redone. When
-every unit is done, the dataset is assembled from the units (streamed: memory holds one unit, and one output
-shard while it is written) with the same rows, order and shards as an uninterrupted run, byte for byte, and the
-work folder is removed. `restart=True` (CLI `--restart`) throws the finished units away first.
+Generation works in units: fixed, contiguous ranges of `generate.unit_tasks` task indices, run
+`generate.units_in_flight` at once (worker threads sharing the roles: while one unit waits on the APIs, another
+edits and scores). Each finished unit is written to disk at once (atomically) in a work folder beside the output,
+`.<output name>.units/<key>/`, keyed by the params that decide the data (generate's sections but `NOT_DATA`), so
+other params never resume it. A rerun after a kill (at any moment) loads the finished units instead of generating
+them again, so no expert, judge or editor request of a finished unit is repeated; only the units in progress are
+redone. When every unit is done, the dataset is assembled from the units (streamed: memory holds one unit, and one
+output shard while it is written) with the same rows, order and shards as an uninterrupted run, byte for byte,
+and the work folder is removed. `restart=True` (CLI `--restart`) throws the finished units away first.
 
 Tasks come from the synthetic world (params `world`, `generate.seed`; the default and the demo's path) or, with
 `tasks` (CLI `--tasks`), from the output folder of `editthinker prepare`: its first `generate.num_tasks` tasks in
@@ -21,22 +22,26 @@ Images are stored once: rows hold sha256s, and the images live in the dataset's 
 images (the used prepared images, and every edit) wait as files named by their hash in the work folder; the
 store is written from them, in hash order, when the dataset is.
 
-`generate.budget` limits the API cost and calls: checked before each unit, reaching it stops the run
-(`BudgetReached`) with every finished unit kept; a rerun with a larger budget continues.
+`generate.budget` limits the API cost and calls: checked before each unit starts, reaching it stops the run
+(`BudgetReached`) once the units running have finished, with every finished unit kept; a rerun with a larger
+budget continues. Each unit records its own calls' usage (`usage.usage_scope`), whatever ran beside it.
 
 API faults never change the data: a call of the expert or the judge that still fails after its retries fails
-its unit (`GenerationFailed`, naming the editor and the tasks), and with it the run, which writes no dataset;
-the finished units stay, and a rerun does the failed unit again, every call answered before coming from the
-request cache.
+its unit (`GenerationFailed`, naming the editor and the tasks), and with it the run, which writes no dataset: no
+unit starts after it, the units running finish, the finished units stay, and a rerun does the unfinished units
+again, every call answered before coming from the request cache. An interrupt stops the units running at their
+next turn.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 import itertools
 import json
 import shutil
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -50,12 +55,13 @@ from editthinker.backends.factory import build_editors, build_expert, build_judg
 from editthinker.backends.openai_api import OpenAICallError
 from editthinker.config import Params
 from editthinker.images import ImageStore, image_record, merge_stores, sha256_bytes, store_ref, write_image_store
+from editthinker.inflight import check, run_in_flight, shared
 from editthinker.lineage import code_version, make_lineage
 from editthinker.loop import Episode, EpisodeStart, run_episodes
 from editthinker.records import TRAJECTORY_SCHEMA, iter_rows, read_manifest, write_dataset
 from editthinker.stages import sections_of
 from editthinker.storage import IntegrityError, atomic_write_bytes, write_json, writer_lock
-from editthinker.usage import Usage, api_usage, sum_usage
+from editthinker.usage import Usage, api_usage, sum_usage, usage_scope
 from editthinker.world.scene import render_png
 from editthinker.world.tasks import make_tasks
 
@@ -270,12 +276,15 @@ def unit_ranges(indices: range, unit_tasks: int) -> list[range]:
     ]
 
 
+NOT_DATA = ("budget", "units_in_flight")  # generate's params that never change the data
+
+
 def resume_key(params: Params, source: TaskSource | None = None) -> str:
-    """What finished units are valid for: generate's sections but `generate.budget`, the stage's code, and the
-    prepared tasks when there are."""
+    """What finished units are valid for: generate's sections but `NOT_DATA`, the stage's code, and the prepared
+    tasks when there are."""
     dump = params.model_dump(mode="json")
     picked = {k: dump[k] for k in SECTIONS}
-    picked["generate"] = {k: v for k, v in picked["generate"].items() if k != "budget"}
+    picked["generate"] = {k: v for k, v in picked["generate"].items() if k not in NOT_DATA}
     picked["code_version"] = code_version(__name__)
     if source is not None and source.key():
         picked["tasks"] = source.key()
@@ -306,7 +315,10 @@ class _Roles:
 
     @classmethod
     def build(cls, params: Params) -> _Roles:
-        return cls(build_editors(params), build_expert(params.expert, params.generate.seed), build_judge(params.judge))
+        """The roles, each callable from the units in flight at once (`inflight.shared`)."""
+        editors = {name: shared(e) for name, e in build_editors(params).items()}
+        expert = build_expert(params.expert, params.generate.seed)
+        return cls(editors, shared(expert), shared(build_judge(params.judge)))
 
     def close(self) -> None:
         close_roles(*self.editors.values(), self.expert, self.judge)
@@ -320,19 +332,12 @@ class _Roles:
         return api_usage(expert=self.expert, judge=self.judge)
 
 
-def _usage_since(now: Usage, before: Usage) -> Usage:
-    """What the roles' counters grew by between two `api_usage` snapshots."""
-    return {
-        role: {k: round(v - before.get(role, {}).get(k, 0), 6) for k, v in counts.items()}
-        for role, counts in now.items()
-    }
-
-
 def _unit_rows(params: Params, roles: _Roles, unit: range, source: TaskSource | None = None,
-               images: dict[str, bytes] | None = None,
-               stager: _Stager | None = None) -> list[dict[str, Any]]:  # fmt: skip
+               images: dict[str, bytes] | None = None, stager: _Stager | None = None,
+               cancel: threading.Event | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Trajectory rows of the tasks of `unit` (the world's unless `source` says), sorted; `images` gets every
-    image the rows refer to, by hash; `stager` stages them as they are made (sources first).
+    image the rows refer to, by hash; `stager` stages them as they are made (sources first). `cancel` stops it
+    (`inflight.Cancelled`) before a chunk or a turn once set.
 
     A task's episode depends only on the task, its editor (task index modulo the number of editors) and the
     seeds, never on which other tasks run beside it: any partition of the tasks gives the same rows.
@@ -352,8 +357,11 @@ def _unit_rows(params: Params, roles: _Roles, unit: range, source: TaskSource | 
     for k in range(0, len(mine), CHUNK * len(names)):
         chunk = mine[k : k + CHUNK * len(names)]
         starts = [EpisodeStart(t.task_id, t.source_png, t.instruction, i, t.reference, name) for i, t, name in chunk]
+        stop = (lambda _turn: check(cancel)) if cancel is not None else None
+        if stop is not None:
+            stop(1)
         try:
-            episodes = run_episodes(starts, editors, roles.expert, roles.judge, g.max_turns)
+            episodes = run_episodes(starts, editors, roles.expert, roles.judge, g.max_turns, stop)
         except OpenAICallError as exc:
             raise GenerationFailed(
                 f"generate: the chunk of editors {names}, tasks {chunk[0][1].task_id}..{chunk[-1][1].task_id}, "
@@ -461,10 +469,46 @@ class UnitMirror(Protocol):
         ...
 
 
+@dataclass
+class _UnitMaker:
+    """Generates a unit and writes it to its folder: a job of `inflight.run_in_flight` (units run at once share
+    the roles; each stages its own images and counts its own API calls)."""
+
+    params: Params
+    roles: _Roles
+    source: TaskSource
+    work: Path
+    mirror: UnitMirror | None
+
+    def __call__(self, unit: range, cancel: threading.Event) -> tuple[range, dict[str, Any], np.ndarray]:
+        staged, d = self.work / IMAGES, _unit_dir(self.work, unit)
+        images: dict[str, bytes] = {}
+        stager = _Stager(staged)
+        try:
+            with usage_scope() as calls:
+                rows = _unit_rows(self.params, self.roles, unit, self.source, images, stager, cancel)
+            stager.wait()
+        finally:
+            stager.close()
+        for sha in sorted(images):  # staged before the unit is written: a written unit's images are there
+            _stage_image(staged, sha, images[sha])  # (the stager wrote them: a check that each file is there)
+        extra = {"generate_unit": [unit.start, unit.stop], "keys": [_row_key(rows[0]), _row_key(rows[-1])],
+                 "models": self.roles.models(), "api_usage": calls.usage(like=self.roles.usage()),
+                 IMAGES: sorted(images)}  # fmt: skip
+        del images
+        manifest, shas = _unit_manifest(write_dataset(d, rows, TRAJECTORY_SCHEMA, max(1, len(rows)), extra))
+        del rows
+        if self.mirror is not None:
+            self.mirror.push(f"{self.work.name}/{d.name}", d, staged, [bytes(sha).decode("ascii") for sha in shas])
+        return unit, manifest, shas
+
+
 def _generate_units(params: Params, indices: range, out_dir: Path, restart: bool, source: TaskSource,
                     mirror: UnitMirror | None = None) -> _Finished:  # fmt: skip
     """Generate every unit of `indices` not yet finished beside `out_dir` (or kept by `mirror`; all of them after
-    `restart`, which does not forget what `mirror` keeps: those units are the same bytes)."""
+    `restart`, which does not forget what `mirror` keeps: those units are the same bytes), `generate.units_in_flight`
+    at once. The budget is checked before each unit starts, against everything spent so far (the calls of the
+    units running included); the units running then finish, so a run may end up to that many units past it."""
     root = units_root(out_dir)
     if restart and root.exists():
         shutil.rmtree(root)
@@ -473,6 +517,7 @@ def _generate_units(params: Params, indices: range, out_dir: Path, restart: bool
     if isinstance(source, PreparedTasks):
         source.stage(work)
     units = unit_ranges(indices, params.generate.unit_tasks)
+    index = {u.start: k for k, u in enumerate(units)}
     dirs = [_unit_dir(work, u) for u in units]
     manifests: dict[int, dict[str, Any]] = {}
     shas: dict[int, np.ndarray] = {}
@@ -481,45 +526,50 @@ def _generate_units(params: Params, indices: range, out_dir: Path, restart: bool
             mirror.pull(f"{work.name}/{d.name}", d, staged)
         if (d / "manifest.json").exists():
             manifests[k], shas[k] = _unit_manifest(read_manifest(d))
+    resumed = sum_usage([m.get("api_usage", {}) for m in manifests.values()])
     roles: _Roles | None = None
-    usage = sum_usage([m.get("api_usage", {}) for m in manifests.values()])
+    stopped: list[int] = []  # the unit the budget stopped at
     bar = tqdm(total=len(indices), initial=sum(len(units[k]) for k in manifests), desc="generate", unit="traj",
                disable=None)  # fmt: skip
     if manifests:
         tqdm.write(f"generate: resuming, {len(manifests)} of {len(units)} units done in {work}")
-    stager = _Stager(staged)
-    try:
-        for k, (unit, d) in enumerate(zip(units, dirs, strict=True)):
-            bar.set_postfix(units=f"{len(manifests)}/{len(units)}", spent=f"{_spent(usage)[0]:.4g}")
+
+    def spent() -> Usage:  # what this run and the finished units it resumed have spent, running units' calls too
+        return sum_usage([resumed, roles.usage()]) if roles is not None else resumed
+
+    def show() -> None:
+        bar.set_postfix(units=f"{len(manifests)}/{len(units)}", spent=f"{_spent(spent())[0]:.4g}")
+
+    def jobs() -> Iterator[Callable[[threading.Event], tuple[range, dict[str, Any], np.ndarray]]]:
+        nonlocal roles
+        for k, unit in enumerate(units):
             if k in manifests:
                 continue
-            stop = _budget_reached(params, usage, len(manifests), len(units))
-            if stop is not None:
-                raise BudgetReached(f"{stop} (finished units in {work})")
+            if _budget_reached(params, spent(), len(manifests), len(units)) is not None:
+                stopped.append(k)
+                return
             roles = roles or _Roles.build(params)
-            before = roles.usage()
-            images: dict[str, bytes] = {}
-            rows = _unit_rows(params, roles, unit, source, images, stager)
-            spent = _usage_since(roles.usage(), before)
-            stager.wait()
-            for sha in sorted(images):  # staged before the unit is written: a written unit's images are there
-                _stage_image(staged, sha, images[sha])  # (the stager wrote them: a check that each file is there)
-            extra = {"generate_unit": [unit.start, unit.stop], "keys": [_row_key(rows[0]), _row_key(rows[-1])],
-                     "models": roles.models(), "api_usage": spent, IMAGES: sorted(images)}  # fmt: skip
-            del images
-            manifests[k], shas[k] = _unit_manifest(write_dataset(d, rows, TRAJECTORY_SCHEMA, max(1, len(rows)), extra))
-            del rows
-            if mirror is not None:
-                mirror.push(f"{work.name}/{d.name}", d, staged, [bytes(sha).decode("ascii") for sha in shas[k]])
-            usage = sum_usage([usage, spent])
-            bar.update(len(unit))
-        bar.set_postfix(units=f"{len(manifests)}/{len(units)}", spent=f"{_spent(usage)[0]:.4g}")
+            yield functools.partial(_UnitMaker(params, roles, source, work, mirror), unit)
+
+    def done(result: tuple[range, dict[str, Any], np.ndarray]) -> None:
+        unit, manifest, unit_shas = result
+        k = index[unit.start]
+        manifests[k], shas[k] = manifest, unit_shas
+        bar.update(len(unit))
+        show()
+
+    try:
+        show()
+        run_in_flight(jobs(), params.generate.units_in_flight, done)
     finally:
         bar.close()
-        stager.close()
         if roles is not None:
             roles.close()
+    if stopped:
+        message = _budget_reached(params, spent(), len(manifests), len(units))
+        raise BudgetReached(f"{message} (finished units in {work})")
     ordered = [manifests[k] for k in range(len(units))]
+    usage = sum_usage([m.get("api_usage", {}) for m in ordered])
     if roles is None and not ordered:  # a shard without tasks
         roles = _Roles.build(params)
         roles.close()
