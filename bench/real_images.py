@@ -13,10 +13,10 @@ unique images the rows refer to (equal: every image once, none unreferenced).
 The images are cheaper than photos by default: without grain a 1024 px PNG is about 0.15-0.4 MB and encodes in a
 few tens of ms; `--grain 4` (photo-like noise: about 1-2 MB a PNG, 3x slower) gives photo-sized bytes on disk.
 
-Memory: generate holds one unit's images at a time, then assembles the dataset streamed; its peak RSS is set by
-that assembly (the image store is written a shard of up to 64 MB at a time) and, for the same run, varies by about
-+-25 MiB from one run to the next (measured: 391 and 428 MiB for the same 237 tasks), so a ratio near 1.15 can be
-that noise.
+Memory: generate holds the images of the units in flight (`generate.units_in_flight`, 2 by default), then
+assembles the dataset streamed; its peak RSS is set by that assembly (the image store is written a shard of up to
+64 MB at a time) and, for the same run, varies by about +-25 MiB from one run to the next (measured: 391 and 428 MiB
+for the same 237 tasks), so a ratio near 1.15 can be that noise.
 
 Sizes: `--tasks 1000,10000`. A calibration run of a few tasks gives the seconds per task (source, prepare and
 generate); when all sizes together would take longer than `--max-s`, they are cut to what fits, keeping their
@@ -43,8 +43,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# generate in its own process; a thread samples the RSS, so the peak while the units run (one unit's images in
-# memory at a time) and the peak while the dataset and its image store are assembled from them are told apart
+# generate in its own process; a thread samples the RSS, so the peak while the units run (the images of the units in
+# flight in memory) and the peak while the dataset and its image store are assembled from them are told apart
 _GENERATE = """
 import json, resource, sys, threading, time
 from pathlib import Path
