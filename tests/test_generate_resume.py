@@ -274,6 +274,16 @@ def test_kill_9_at_seeded_moments_and_resume_gives_the_uninterrupted_dataset(tmp
     assert not generate.units_root(out).exists()
 
 
+def test_units_in_flight_never_change_the_data_nor_what_a_rerun_resumes(tmp_path) -> None:
+    made = {}
+    for width in (1, 3):
+        params = parse_params({"generate": {"num_tasks": 13, "unit_tasks": 3, "units_in_flight": width}})
+        made[width] = (generate.run(params, tmp_path / f"w{width}")["dataset_sha256"], generate.resume_key(params))
+        assert _files(tmp_path / f"w{width}" / "images")  # an image store was written
+    assert made[1] == made[3]
+    assert _files(tmp_path / "w1" / "images") == _files(tmp_path / "w3" / "images")
+
+
 def test_a_retried_shard_resumes_its_units_and_gathers_to_the_run(tmp_path, monkeypatch) -> None:
     params = parse_params({"generate": {"num_tasks": 13, "shards": 3, "unit_tasks": 3}})  # synthetic roles
     direct = generate.run(params, tmp_path / "direct")
