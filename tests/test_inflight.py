@@ -45,7 +45,7 @@ def test_at_most_width_jobs_run_at_once_and_each_result_is_handled_on_the_caller
 
 def test_a_failed_job_stops_new_ones_lets_the_running_finish_and_is_raised() -> None:
     drawn, handled = [], []
-    first_started = threading.Event()
+    failing = threading.Event()
 
     def jobs():  # type: ignore[no-untyped-def]
         for k in range(10):
@@ -54,11 +54,11 @@ def test_a_failed_job_stops_new_ones_lets_the_running_finish_and_is_raised() -> 
 
     def work(k: int, cancel: threading.Event) -> int:
         if k == 0:
-            first_started.set()
-            time.sleep(0.2)  # still running when job 1 fails
+            failing.wait(30)
+            time.sleep(1.0)  # still running well after job 1 has failed
             check(cancel)  # not cancelled: a job's failure lets the others finish
             return k
-        first_started.wait(30)
+        failing.set()
         raise ValueError(f"job {k} failed")
 
     with pytest.raises(ValueError, match="job 1 failed"):

@@ -35,7 +35,8 @@ class UsageScope:
             self.parent.add(role, deltas)
 
     def usage(self, like: Usage) -> Usage:
-        """The counts, shaped as `like` (`api_usage` of the roles: every role and key, zeros included)."""
+        """The counts, shaped as `like` (`api_usage` of the roles: every role and key, zeros included); a role is
+        named as its client names it (`OpenAIChatClient(cfg, "expert")`), which is also its `api_usage` name."""
         with self._lock:
             return {
                 role: {k: type(v)(round(self._counts.get(role, {}).get(k, 0), 6)) for k, v in keys.items()}
