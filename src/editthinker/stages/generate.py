@@ -357,11 +357,11 @@ def _unit_rows(params: Params, roles: _Roles, unit: range, source: TaskSource | 
     for k in range(0, len(mine), CHUNK * len(names)):
         chunk = mine[k : k + CHUNK * len(names)]
         starts = [EpisodeStart(t.task_id, t.source_png, t.instruction, i, t.reference, name) for i, t, name in chunk]
-        stop = (lambda _turn: check(cancel)) if cancel is not None else None
-        if stop is not None:
-            stop(1)
+        if cancel is not None:
+            check(cancel)
+        on_turn = (lambda _turn: check(cancel)) if cancel is not None else None
         try:
-            episodes = run_episodes(starts, editors, roles.expert, roles.judge, g.max_turns, stop)
+            episodes = run_episodes(starts, editors, roles.expert, roles.judge, g.max_turns, on_turn)
         except OpenAICallError as exc:
             raise GenerationFailed(
                 f"generate: the chunk of editors {names}, tasks {chunk[0][1].task_id}..{chunk[-1][1].task_id}, "
@@ -528,7 +528,6 @@ def _generate_units(params: Params, indices: range, out_dir: Path, restart: bool
             manifests[k], shas[k] = _unit_manifest(read_manifest(d))
     resumed = sum_usage([m.get("api_usage", {}) for m in manifests.values()])
     roles: _Roles | None = None
-    stopped: list[int] = []  # the unit the budget stopped at
     bar = tqdm(total=len(indices), initial=sum(len(units[k]) for k in manifests), desc="generate", unit="traj",
                disable=None)  # fmt: skip
     if manifests:
@@ -546,8 +545,7 @@ def _generate_units(params: Params, indices: range, out_dir: Path, restart: bool
             if k in manifests:
                 continue
             if _budget_reached(params, spent(), len(manifests), len(units)) is not None:
-                stopped.append(k)
-                return
+                return  # no unit starts: the budget stops the run once the units running are done
             roles = roles or _Roles.build(params)
             yield functools.partial(_UnitMaker(params, roles, source, work, mirror), unit)
 
@@ -565,7 +563,7 @@ def _generate_units(params: Params, indices: range, out_dir: Path, restart: bool
         bar.close()
         if roles is not None:
             roles.close()
-    if stopped:
+    if len(manifests) < len(units):  # jobs() stopped drawing: the only way a run ends early without an error
         message = _budget_reached(params, spent(), len(manifests), len(units))
         raise BudgetReached(f"{message} (finished units in {work})")
     ordered = [manifests[k] for k in range(len(units))]
